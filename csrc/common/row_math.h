@@ -1,0 +1,98 @@
+// Row math shared by the CPU and CUDA epilogues of linear_logprobs (GRO_SPEC.md §1).
+//
+// Everything here is a scalar, branch-light, __host__ __device__ function of floats, so that
+// the CPU code can auto-vectorize it inside `#pragma omp simd` loops and the CUDA code can call
+// it per thread. No torch, no std:: containers, no allocation.
+#pragma once
+
+#include <math.h>
+#include <stdint.h>
+
+#if defined(__CUDACC__)
+#define GRO_HD __host__ __device__ __forceinline__
+#else
+#define GRO_HD inline
+#endif
+
+namespace gro {
+
+// exp(x) for x <= 0 (every call site passes a value minus a running max), written without calls
+// or tables so that GCC vectorizes it: Cody-Waite reduction x = n*ln2 + r, |r| <= ln2/2, then a
+// degree-7 polynomial for exp(r) (relative error ~1e-7, i.e. about 1 ulp), then a 2^n scale built
+// from the exponent bits. Inputs below -87 (where 2^n would underflow) give exactly 0; NaN gives NaN.
+GRO_HD float exp_nonpositive(float x) {
+  const float kLog2e = 1.44269504088896341f;
+  const float kLn2Hi = 0.693359375f;
+  const float kLn2Lo = -2.12194440e-4f;
+  const float xc = x < -87.0f ? -87.0f : x;
+  const float n = floorf(xc * kLog2e + 0.5f);
+  const float r = (xc - n * kLn2Hi) - n * kLn2Lo;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  union {
+    int32_t i;
+    float f;
+  } scale;
+  scale.i = (static_cast<int32_t>(n) + 127) << 23;
+  const float y = p * scale.f;
+  // x != x keeps NaN; the underflow select keeps exp(-inf) == 0 exactly.
+  return x != x ? x : (x < -87.0f ? 0.0f : y);
+}
+
+// Running softmax statistics of one row, relative to the running max m of z/tau:
+//   sum_exp = sum_v exp(s_v - m),  sum_exp_shift = sum_v exp(s_v - m) * (s_v - m)
+// Keeping the second sum relative to m (not as sum e*s) avoids the cancellation in
+// entropy = lse - E[s] when logits are large.
+struct RowStats {
+  float max;
+  float sum_exp;
+  float sum_exp_shift;
+};
+
+GRO_HD RowStats row_stats_empty() {
+  RowStats s;
+  s.max = -INFINITY;
+  s.sum_exp = 0.0f;
+  s.sum_exp_shift = 0.0f;
+  return s;
+}
+
+// Merge two partial statistics (a block, or another thread's share) into one.
+GRO_HD RowStats row_stats_merge(RowStats a, RowStats b) {
+  if (a.sum_exp == 0.0f) return b;
+  if (b.sum_exp == 0.0f) return a;
+  const float m = a.max > b.max ? a.max : b.max;
+  const float da = a.max - m;  // <= 0
+  const float db = b.max - m;
+  const float ea = exp_nonpositive(da);
+  const float eb = exp_nonpositive(db);
+  RowStats out;
+  out.max = m;
+  out.sum_exp = a.sum_exp * ea + b.sum_exp * eb;
+  // sum e_v (s_v - m) = scale * (sum e_v (s_v - m_old) + (m_old - m) * sum e_v)
+  out.sum_exp_shift = ea * (a.sum_exp_shift + da * a.sum_exp) + eb * (b.sum_exp_shift + db * b.sum_exp);
+  return out;
+}
+
+GRO_HD float row_lse(RowStats s) { return s.max + logf(s.sum_exp); }
+
+// Shannon entropy of softmax(s): log S - E[s - m].
+GRO_HD float row_entropy(RowStats s) { return logf(s.sum_exp) - s.sum_exp_shift / s.sum_exp; }
+
+// d loss / d z_v for one vocabulary entry that is not the target (GRO_SPEC.md §1 backward):
+//   (1/tau) * [ -g_l * p  -  g_H * p * (log p + H) ],  log p = z_v/tau - lse.
+// The target entry adds g_l / tau on top (see logit_grad_target_extra).
+GRO_HD float logit_grad(float z, float inv_tau, float lse, float g_logprob, float g_entropy, float entropy) {
+  const float log_p = z * inv_tau - lse;
+  const float p = exp_nonpositive(log_p);
+  return inv_tau * p * (-g_logprob - g_entropy * (log_p + entropy));
+}
+
+GRO_HD float logit_grad_target_extra(float inv_tau, float g_logprob) { return inv_tau * g_logprob; }
+
+}  // namespace gro

@@ -1,0 +1,57 @@
+"""Chunk epilogues of the chunked backend: native (gro_C ops) or plain torch (the fallback).
+
+Both work on one fp32 chunk of logits z [rows, V] and write into caller-owned row slices.
+Forward: lse, target logprob, entropy. Backward: overwrite z with dLoss/dz (GRO_SPEC.md §1).
+"""
+
+import torch
+
+from ... import _ext
+
+
+def _safe_targets(targets, ignore_index):
+    valid = targets != ignore_index
+    return valid, torch.where(valid, targets, torch.zeros_like(targets))
+
+
+def forward_torch(z, targets, inv_tau, ignore_index, logprob, lse, entropy):
+    scaled = z * inv_tau
+    row_lse = torch.logsumexp(scaled, dim=1)
+    valid, safe = _safe_targets(targets, ignore_index)
+    target_logit = scaled.gather(1, safe.unsqueeze(1)).squeeze(1)
+    lse.copy_(row_lse)
+    logprob.copy_(torch.where(valid, target_logit - row_lse, 0.0))
+    if entropy is not None:
+        scaled.sub_(row_lse.unsqueeze(1))  # now log p
+        ent = -(scaled.exp() * scaled).sum(1)
+        entropy.copy_(torch.where(valid, ent, 0.0))
+
+
+def backward_torch(z, targets, inv_tau, ignore_index, lse, entropy, grad_logprob, grad_entropy):
+    valid, safe = _safe_targets(targets, ignore_index)
+    g_l = torch.where(valid, grad_logprob, 0.0).unsqueeze(1)
+    log_p = z.mul_(inv_tau).sub_(lse.unsqueeze(1))
+    p = log_p.exp()
+    if grad_entropy is not None:
+        g_h = torch.where(valid, grad_entropy, 0.0).unsqueeze(1)
+        # -g_l p - g_H p (log p + H), computed into log_p's storage (= z) to stay O(C*V).
+        log_p.add_(entropy.unsqueeze(1)).mul_(g_h).add_(g_l).mul_(p).mul_(-inv_tau)
+    else:
+        torch.mul(p, g_l * -inv_tau, out=z)
+    z.scatter_add_(1, safe.unsqueeze(1), g_l * inv_tau)
+    z.masked_fill_(~valid.unsqueeze(1), 0.0)  # exact zeros for ignored rows, even non-finite ones
+
+
+def forward_native(z, targets, inv_tau, ignore_index, logprob, lse, entropy):
+    torch.ops.gro_C.logprob_forward(z, targets, inv_tau, ignore_index, logprob, lse, entropy)
+
+
+def backward_native(z, targets, inv_tau, ignore_index, lse, entropy, grad_logprob, grad_entropy):
+    torch.ops.gro_C.logit_grad_(z, targets, inv_tau, ignore_index, lse, entropy, grad_logprob, grad_entropy)
+
+
+def pick(device_type: str):
+    """(forward, backward, name) of the epilogue the chunked backend uses on this device."""
+    if _ext.native_available(device_type):
+        return forward_native, backward_native, f"native-{device_type}"
+    return forward_torch, backward_torch, "torch"

@@ -1,0 +1,133 @@
+"""linear_logprobs as torch.library custom ops with autograd: what torch.compile sees as one node.
+
+`gro::linear_logprobs_fwd` returns (logprobs, entropy, lse); autograd saves hidden, weight, bias,
+targets, lse (and entropy when it has a gradient) and calls `gro::linear_logprobs_bwd`, which
+recomputes the logits chunk by chunk. Backends plug in below as (forward, backward) pairs.
+"""
+
+import os
+from typing import Optional
+
+import torch
+
+from . import chunked, naive
+
+BACKENDS = ("auto", "naive", "chunked", "triton")
+
+
+def _triton_pair():
+    from . import triton_impl  # imported lazily: Triton is optional
+
+    return triton_impl.forward, triton_impl.backward
+
+
+def _kernels(backend: str):
+    if backend == "chunked":
+        return chunked.forward, chunked.backward
+    if backend == "triton":
+        return _triton_pair()
+    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def triton_usable(device: torch.device) -> bool:
+    if device.type != "cuda":
+        return False
+    try:
+        from . import triton_impl
+    except ImportError:
+        return False
+    return triton_impl.available()
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The concrete backend for `backend` on `device`: GRO_BACKEND overrides "auto".
+
+    auto: chunked on CPU (BLAS GEMM + native epilogue is the fastest measured CPU path);
+    triton on CUDA when Triton is importable, else chunked (cuBLAS + CUDA epilogue).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        backend = os.environ.get("GRO_BACKEND", "auto")
+        if backend not in BACKENDS:
+            raise ValueError(f"GRO_BACKEND must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        backend = "triton" if triton_usable(device) else "chunked"
+    return backend
+
+
+@torch.library.custom_op("gro::linear_logprobs_fwd", mutates_args=())
+def linear_logprobs_fwd(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                        targets: torch.Tensor, temperature: float, ignore_index: int, with_entropy: bool,
+                        chunk_size: int, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    forward, _ = _kernels(backend)
+    return forward(hidden, weight, bias, targets, inv_temperature=1.0 / temperature, ignore_index=ignore_index,
+                   with_entropy=with_entropy, chunk_size=chunk_size)
+
+
+@linear_logprobs_fwd.register_fake
+def _(hidden, weight, bias, targets, temperature, ignore_index, with_entropy, chunk_size, backend):
+    n = hidden.shape[0]
+    new = lambda size: hidden.new_empty(size, dtype=torch.float32)  # noqa: E731
+    return new(n), new(n if with_entropy else 0), new(n)
+
+
+@torch.library.custom_op("gro::linear_logprobs_bwd", mutates_args=())
+def linear_logprobs_bwd(grad_logprobs: torch.Tensor, grad_entropy: Optional[torch.Tensor], hidden: torch.Tensor,
+                        weight: torch.Tensor, bias: Optional[torch.Tensor], targets: torch.Tensor, lse: torch.Tensor,
+                        entropy: torch.Tensor, temperature: float, ignore_index: int, chunk_size: int, backend: str,
+                        needs_hidden: bool, needs_weight: bool, needs_bias: bool
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    _, backward = _kernels(backend)
+    dh, dw, db = backward(grad_logprobs.float().contiguous(),
+                          None if grad_entropy is None else grad_entropy.float().contiguous(),
+                          hidden, weight, bias, targets, lse, entropy, inv_temperature=1.0 / temperature,
+                          ignore_index=ignore_index, chunk_size=chunk_size, needs_hidden=needs_hidden,
+                          needs_weight=needs_weight, needs_bias=needs_bias)
+    # Custom ops cannot return None: an unneeded gradient is an empty tensor.
+    empty = hidden.new_empty(0)
+    return (dh if dh is not None else empty, dw if dw is not None else empty, db if db is not None else empty)
+
+
+@linear_logprobs_bwd.register_fake
+def _(grad_logprobs, grad_entropy, hidden, weight, bias, targets, lse, entropy, temperature, ignore_index,
+      chunk_size, backend, needs_hidden, needs_weight, needs_bias):
+    dh = torch.empty_like(hidden) if needs_hidden else hidden.new_empty(0)
+    dw = torch.empty_like(weight) if needs_weight else hidden.new_empty(0)
+    db = hidden.new_empty(weight.shape[0]) if needs_bias else hidden.new_empty(0)
+    return dh, dw, db
+
+
+def _setup_context(ctx, inputs, output):
+    hidden, weight, bias, targets, temperature, ignore_index, with_entropy, chunk_size, backend = inputs
+    _, entropy, lse = output
+    ctx.save_for_backward(hidden, weight, bias, targets, lse, entropy)
+    ctx.options = (temperature, ignore_index, with_entropy, chunk_size, backend)
+
+
+def _backward(ctx, grad_logprobs, grad_entropy, _grad_lse):
+    hidden, weight, bias, targets, lse, entropy = ctx.saved_tensors
+    temperature, ignore_index, with_entropy, chunk_size, backend = ctx.options
+    needs_hidden, needs_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    needs_bias = bias is not None and ctx.needs_input_grad[2]
+    dh, dw, db = linear_logprobs_bwd(grad_logprobs, grad_entropy if with_entropy else None, hidden, weight, bias,
+                                     targets, lse, entropy, temperature, ignore_index, chunk_size, backend,
+                                     needs_hidden, needs_weight, needs_bias)
+    return (dh if needs_hidden else None, dw if needs_weight else None, db if needs_bias else None,
+            None, None, None, None, None, None)
+
+
+linear_logprobs_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def linear_logprobs(hidden, weight, bias, targets, *, temperature, ignore_index, with_entropy, chunk_size, backend):
+    """Dispatch on a resolved backend; inputs are already validated and flattened to [N, H]."""
+    if backend == "naive":
+        logprobs, entropy = naive.linear_logprobs_naive(hidden, weight, targets, bias, temperature=temperature,
+                                                        ignore_index=ignore_index)
+        return logprobs.float(), entropy.float()
+    if chunk_size is None:
+        chunk_size = chunked.default_chunk_size(hidden.shape[0], weight.shape[0])
+    logprobs, entropy, _ = linear_logprobs_fwd(hidden, weight, bias, targets, float(temperature), int(ignore_index),
+                                               bool(with_entropy), int(chunk_size), backend)
+    return logprobs, entropy

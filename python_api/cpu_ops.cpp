@@ -1,0 +1,60 @@
+// CPU implementations of the gro_C ops: check, then hand raw pointers to csrc/cpu.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <torch/library.h>
+
+#include "../csrc/cpu/logprob_epilogue.h"
+#include "checks.h"
+
+namespace {
+
+void check_targets_in_range(const at::Tensor& targets, int64_t vocab, int64_t ignore_index) {
+  // A wrong id would index outside the row: refuse it here instead of reading stray memory.
+  const int64_t* y = targets.data_ptr<int64_t>();
+  for (int64_t r = 0; r < targets.size(0); ++r) {
+    TORCH_CHECK(y[r] == ignore_index || (y[r] >= 0 && y[r] < vocab), "gro_C: target id ", y[r], " at row ", r,
+                " is outside [0, ", vocab, ") and is not ignore_index=", ignore_index);
+  }
+}
+
+void logprob_forward_cpu(const at::Tensor& logits, const at::Tensor& targets, double inv_temperature,
+                         int64_t ignore_index, const at::Tensor& logprob, const at::Tensor& lse,
+                         const std::optional<at::Tensor>& entropy) {
+  gro::check_logits_chunk(logits, targets, c10::DeviceType::CPU);
+  gro::check_row_vector(logprob, logits, "logprob");
+  gro::check_row_vector(lse, logits, "lse");
+  if (entropy.has_value()) gro::check_row_vector(*entropy, logits, "entropy");
+  check_targets_in_range(targets, logits.size(1), ignore_index);
+  gro::cpu::logprob_forward(logits.data_ptr<float>(), logits.size(0), logits.size(1), logits.stride(0),
+                            targets.data_ptr<int64_t>(), static_cast<float>(inv_temperature), ignore_index,
+                            logprob.data_ptr<float>(), entropy.has_value() ? entropy->data_ptr<float>() : nullptr,
+                            lse.data_ptr<float>(), at::get_num_threads());
+}
+
+void logit_grad_cpu(const at::Tensor& logits, const at::Tensor& targets, double inv_temperature, int64_t ignore_index,
+                    const at::Tensor& lse, const std::optional<at::Tensor>& entropy, const at::Tensor& grad_logprob,
+                    const std::optional<at::Tensor>& grad_entropy) {
+  gro::check_logits_chunk(logits, targets, c10::DeviceType::CPU);
+  gro::check_row_vector(lse, logits, "lse");
+  gro::check_row_vector(grad_logprob, logits, "grad_logprob");
+  TORCH_CHECK(grad_entropy.has_value() == entropy.has_value(),
+              "gro_C: grad_entropy and entropy must be given together");
+  if (grad_entropy.has_value()) {
+    gro::check_row_vector(*grad_entropy, logits, "grad_entropy");
+    gro::check_row_vector(*entropy, logits, "entropy");
+  }
+  check_targets_in_range(targets, logits.size(1), ignore_index);
+  gro::cpu::logit_grad_inplace(logits.data_ptr<float>(), logits.size(0), logits.size(1), logits.stride(0),
+                               targets.data_ptr<int64_t>(), static_cast<float>(inv_temperature), ignore_index,
+                               lse.data_ptr<float>(), entropy.has_value() ? entropy->data_ptr<float>() : nullptr,
+                               grad_logprob.data_ptr<float>(),
+                               grad_entropy.has_value() ? grad_entropy->data_ptr<float>() : nullptr,
+                               at::get_num_threads());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gro_C, CPU, m) {
+  m.impl("logprob_forward", &logprob_forward_cpu);
+  m.impl("logit_grad_", &logit_grad_cpu);
+}

@@ -1,0 +1,24 @@
+// Operator schemas of the compiled extension, and the Python module that loads them.
+//
+// Registering through TORCH_LIBRARY (not pybind11 functions) makes the ops dispatchable per device
+// and visible to torch.compile. Device implementations live in cpu_ops.cpp (and cuda_ops.cpp when
+// the CUDA build is on).
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(gro_C, m) {
+  // Chunk epilogue, forward: lse, target logprob and (optionally) entropy per row of `logits`.
+  m.def(
+      "logprob_forward(Tensor logits, Tensor targets, float inv_temperature, int ignore_index, "
+      "Tensor(a!) logprob, Tensor(b!) lse, Tensor(c!)? entropy) -> ()");
+  // Chunk epilogue, backward: overwrite `logits` with dLoss/dlogits.
+  m.def(
+      "logit_grad_(Tensor(a!) logits, Tensor targets, float inv_temperature, int ignore_index, "
+      "Tensor lse, Tensor? entropy, Tensor grad_logprob, Tensor? grad_entropy) -> ()");
+}
+
+// `import gro_kernels._C` runs the static registrations above; the module itself is empty.
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}
