@@ -1,0 +1,34 @@
+# Two commands do all set-up on a fresh machine: `make bench` (the benchmarks) and `make test` (the tests).
+PY ?= python3
+PIP = $(PY) -m pip
+TORCH_PIN ?= torch==2.14.1
+# pytest exit code 5 means "no tests collected"; every other non-zero code fails the target.
+PYTEST = $(PY) -m pytest
+
+.PHONY: setup setup-peers test test-main test-interpreter test-aot bench
+
+setup:
+	$(PIP) install -q $(TORCH_PIN) numpy ninja
+	$(PIP) install -q --no-build-isolation -e ".[test,bench,train]"
+
+# Optional comparison peers for the benchmarks (pin triton first so pip keeps torch's triton).
+setup-peers:
+	$(PIP) install -q "triton==3.8.0" "liger-kernel==0.8.5" "cut-cross-entropy==25.1.1" || \
+		echo "peers not installed: benchmarks will skip Liger-Kernel / Cut Cross-Entropy"
+
+# Triton's interpreter flag is read when kernels are defined, so interpreter tests and AOT compile
+# tests each run in their own pytest process.
+test: setup
+	$(MAKE) test-main test-interpreter test-aot
+
+test-main:
+	$(PYTEST) tests --ignore=tests/interpreter --ignore=tests/aot
+
+test-interpreter:
+	TRITON_INTERPRET=1 $(PYTEST) tests/interpreter
+
+test-aot:
+	$(PYTEST) tests/aot
+
+bench: setup setup-peers
+	$(PY) -m benchmarks.run
