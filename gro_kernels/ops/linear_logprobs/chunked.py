@@ -60,21 +60,47 @@ def forward(hidden, weight, bias, targets, *, inv_temperature, ignore_index, wit
     return logprobs, entropy, lse
 
 
+class GradAccumulators:
+    """dhidden rows and fp32 dweight/dbias sums fed chunk by chunk from dLoss/dlogits (the last two GEMMs)."""
+
+    def __init__(self, hidden, weight, needs_hidden, needs_weight, needs_bias):
+        f32 = dict(dtype=torch.float32, device=hidden.device)
+        self.dtype = hidden.dtype
+        self.needs_cast = hidden.dtype != torch.float32
+        self.d_hidden = torch.zeros_like(hidden) if needs_hidden else None
+        # dweight/dbias accumulate over chunks in fp32, whatever the input dtype.
+        self.d_weight = torch.zeros(weight.shape, **f32) if needs_weight else None
+        self.d_bias = torch.zeros(weight.shape[0], **f32) if needs_bias else None
+
+    def add_chunk(self, z, g32, hidden, weight, start, end):
+        """Rows start:end; g32 holds their fp32 dLoss/dlogits, z is the input-dtype buffer it came from."""
+        g = z.copy_(g32) if self.needs_cast else g32
+        if self.d_hidden is not None:
+            torch.mm(g, weight, out=self.d_hidden[start:end])
+        if self.d_weight is not None:
+            if self.needs_cast:
+                self.d_weight.add_(torch.mm(g.t(), hidden[start:end]))
+            else:
+                self.d_weight.addmm_(g.t(), hidden[start:end])
+        if self.d_bias is not None:
+            self.d_bias.add_(g32.sum(0))
+
+    def result(self):
+        """(dhidden, dweight, dbias) in the input dtype, None where not needed."""
+        cast = (lambda t: t if t is None else t.to(self.dtype)) if self.needs_cast else (lambda t: t)
+        return self.d_hidden, cast(self.d_weight), cast(self.d_bias)
+
+
 def backward(grad_logprobs, grad_entropy, hidden, weight, bias, targets, lse, entropy, *,
              inv_temperature, ignore_index, chunk_size, needs_hidden, needs_weight, needs_bias):
     """Returns (dhidden or None, dweight or None, dbias or None) in the input dtype."""
     n, vocab = hidden.shape[0], weight.shape[0]
     _, bwd_epilogue, _ = epilogues.pick(hidden.device.type)
-    f32 = dict(dtype=torch.float32, device=hidden.device)
-    needs_cast = hidden.dtype != torch.float32
-    d_hidden = torch.zeros_like(hidden) if needs_hidden else None
-    # dweight/dbias accumulate over chunks in fp32, whatever the input dtype.
-    d_weight = torch.zeros(weight.shape, **f32) if needs_weight else None
-    d_bias = torch.zeros(vocab, **f32) if needs_bias else None
+    grads = GradAccumulators(hidden, weight, needs_hidden, needs_weight, needs_bias)
     if n > 0 and (needs_hidden or needs_weight or needs_bias):
         rows = min(chunk_size, n)
         buffer = torch.empty(rows, vocab, dtype=hidden.dtype, device=hidden.device)
-        scratch = torch.empty(rows, vocab, **f32) if needs_cast else buffer
+        scratch = torch.empty(rows, vocab, dtype=torch.float32, device=hidden.device) if grads.needs_cast else buffer
         for start in range(0, n, rows):
             end = min(start + rows, n)
             z = _chunk_logits(hidden[start:end], weight, bias, buffer[: end - start])
@@ -82,17 +108,5 @@ def backward(grad_logprobs, grad_entropy, hidden, weight, bias, targets, lse, en
             bwd_epilogue(g32, targets[start:end], inv_temperature, ignore_index, lse[start:end],
                          entropy[start:end] if grad_entropy is not None else None, grad_logprobs[start:end],
                          grad_entropy[start:end] if grad_entropy is not None else None)
-            g = z.copy_(g32) if needs_cast else g32
-            if needs_hidden:
-                torch.mm(g, weight, out=d_hidden[start:end])
-            if needs_weight:
-                if needs_cast:
-                    d_weight.add_(torch.mm(g.t(), hidden[start:end]))
-                else:
-                    d_weight.addmm_(g.t(), hidden[start:end])
-            if needs_bias:
-                d_bias.add_(g32.sum(0))
-    cast = (lambda t: t.to(hidden.dtype)) if needs_cast else (lambda t: t)
-    return (d_hidden,
-            cast(d_weight) if d_weight is not None else None,
-            cast(d_bias) if d_bias is not None else None)
+            grads.add_chunk(z, g32, hidden, weight, start, end)
+    return grads.result()

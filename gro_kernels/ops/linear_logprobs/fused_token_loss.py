@@ -1,0 +1,159 @@
+"""Grad-in-forward: a token-separable loss and its LM-head gradient in one chunk loop (3 GEMMs, not 4).
+
+When every token's loss depends only on that token's logprob/entropy and on constants (the GRPO
+family with given advantages), dLoss/dl_t is known as soon as l_t is. So each chunk does: logits GEMM,
+forward epilogue (lse, logprob, entropy), the per-token loss function (values and dLoss/dl, dLoss/dH),
+the backward epilogue in place on the same buffer, then dhidden = G @ W and dW += G^T h. No logits are
+recomputed. dhidden/dW/db are saved and the autograd backward only scales them by grad_output.
+
+The per-token math is a *registered* function (a custom op cannot take a Python callable): see
+`register_token_fn`. Its per-token inputs (advantages, old/reference logprobs, weights) travel as a
+list of tensors the op slices per chunk; they are constants and get no gradient.
+"""
+
+from typing import Optional, Sequence
+
+import torch
+
+from . import chunked, epilogues
+
+_TOKEN_FNS: dict = {}
+
+
+def register_token_fn(name: str, num_extras: int = 0):
+    """Decorator registering `fn(logprobs, entropy, args, params) -> (loss_sum, g_logprobs, g_entropy, extras)`.
+
+    logprobs [c] fp32; entropy [c] fp32 or None; args: row slices [c, ...] of token_args; params: floats.
+    loss_sum: 0-d fp32 sum of the chunk's (already weighted) token losses; g_logprobs [c] and g_entropy
+    [c] or None: its gradients; extras [c, num_extras] fp32: per-token metrics returned detached.
+    """
+    if not isinstance(num_extras, int) or num_extras < 0:
+        raise ValueError(f"num_extras must be an int >= 0, got {num_extras!r}")
+
+    def register(fn):
+        if name in _TOKEN_FNS and _TOKEN_FNS[name][0] is not fn:
+            raise ValueError(f"a different token function is already registered as {name!r}")
+        _TOKEN_FNS[name] = (fn, num_extras)
+        return fn
+
+    return register
+
+
+def _token_fn(name: str):
+    if name not in _TOKEN_FNS:
+        raise ValueError(f"token_fn {name!r} is not registered; registered: {sorted(_TOKEN_FNS)}")
+    return _TOKEN_FNS[name]
+
+
+def _call_token_fn(fn, num_extras, logprobs, entropy, args, params):
+    loss, g_l, g_h, extras = fn(logprobs, entropy, args, params)
+    rows = logprobs.shape[0]
+    if g_l.shape != (rows,) or (g_h is not None and g_h.shape != (rows,)) or extras.shape != (rows, num_extras):
+        raise ValueError(f"token function returned grad_logprobs {tuple(g_l.shape)}, grad_entropy "
+                         f"{None if g_h is None else tuple(g_h.shape)}, extras {tuple(extras.shape)}; "
+                         f"expected ({rows},), ({rows},) or None, ({rows}, {num_extras})")
+    if g_h is not None and entropy is None:
+        raise ValueError("token function returned grad_entropy but the op ran with with_entropy=False")
+    g_h = None if g_h is None else g_h.float().contiguous()
+    return loss, g_l.float().contiguous(), g_h, extras
+
+
+def forward_with_grads(hidden, weight, bias, targets, token_fn, token_args, token_params, *, inv_temperature,
+                       ignore_index, with_entropy, chunk_size, needs_hidden, needs_weight, needs_bias):
+    """(loss 0-d, logprobs [N], entropy [N] or [0], extras [N, k], dhidden, dweight, dbias or None each)."""
+    fn, num_extras = _token_fn(token_fn)
+    n, vocab = hidden.shape[0], weight.shape[0]
+    fwd_epilogue, bwd_epilogue, _ = epilogues.pick(hidden.device.type)
+    f32 = dict(dtype=torch.float32, device=hidden.device)
+    loss = torch.zeros((), **f32)
+    logprobs, lse = torch.empty(n, **f32), torch.empty(n, **f32)
+    entropy = torch.empty(n if with_entropy else 0, **f32)
+    extras = torch.empty(n, num_extras, **f32)
+    grads = chunked.GradAccumulators(hidden, weight, needs_hidden, needs_weight, needs_bias)
+    any_grad = needs_hidden or needs_weight or needs_bias
+    rows = min(chunk_size, max(n, 1))
+    buffer = torch.empty(rows, vocab, dtype=hidden.dtype, device=hidden.device)
+    scratch = buffer if hidden.dtype == torch.float32 else torch.empty(rows, vocab, **f32)
+    for start in range(0, n, rows):
+        end = min(start + rows, n)
+        y, ent = targets[start:end], entropy[start:end] if with_entropy else None
+        z = chunked._chunk_logits(hidden[start:end], weight, bias, buffer[: end - start])
+        z32 = chunked._as_fp32(z, scratch)
+        fwd_epilogue(z32, y, inv_temperature, ignore_index, logprobs[start:end], lse[start:end], ent)
+        chunk_loss, g_l, g_h, chunk_extras = _call_token_fn(
+            fn, num_extras, logprobs[start:end], ent, [a[start:end] for a in token_args], list(token_params))
+        loss.add_(chunk_loss)
+        extras[start:end] = chunk_extras
+        if any_grad:
+            bwd_epilogue(z32, y, inv_temperature, ignore_index, lse[start:end], ent if g_h is not None else None,
+                         g_l, g_h)
+            grads.add_chunk(z, z32, hidden, weight, start, end)
+    return (loss, logprobs, entropy, extras) + grads.result()
+
+
+@torch.library.custom_op("gro::fused_token_loss_fwd", mutates_args=())
+def fused_token_loss_fwd(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                         targets: torch.Tensor, token_args: list[torch.Tensor], token_params: list[float],
+                         token_fn: str, temperature: float, ignore_index: int, with_entropy: bool, chunk_size: int,
+                         needs_hidden: bool, needs_weight: bool, needs_bias: bool
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                    torch.Tensor, torch.Tensor]:
+    out = forward_with_grads(hidden, weight, bias, targets, token_fn, token_args, token_params,
+                             inv_temperature=1.0 / temperature, ignore_index=ignore_index, with_entropy=with_entropy,
+                             chunk_size=chunk_size, needs_hidden=needs_hidden, needs_weight=needs_weight,
+                             needs_bias=needs_bias)
+    # Custom ops cannot return None: an unneeded gradient is an empty tensor.
+    return out[:4] + tuple(g if g is not None else hidden.new_empty(0) for g in out[4:])
+
+
+@fused_token_loss_fwd.register_fake
+def _(hidden, weight, bias, targets, token_args, token_params, token_fn, temperature, ignore_index, with_entropy,
+      chunk_size, needs_hidden, needs_weight, needs_bias):
+    n, vocab = hidden.shape[0], weight.shape[0]
+    new = lambda *size: hidden.new_empty(size, dtype=torch.float32)  # noqa: E731
+    dh = torch.empty_like(hidden) if needs_hidden else hidden.new_empty(0)
+    dw = torch.empty_like(weight) if needs_weight else hidden.new_empty(0)
+    db = hidden.new_empty(vocab) if needs_bias else hidden.new_empty(0)
+    return new(), new(n), new(n if with_entropy else 0), new(n, _token_fn(token_fn)[1]), dh, dw, db
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.num_token_args = len(inputs[4])
+    ctx.needs = inputs[11:14]
+    ctx.save_for_backward(*output[4:])
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.consumed = False
+
+
+def _backward(ctx, grad_loss, *_unused):
+    if ctx.consumed:
+        raise RuntimeError("the grad-in-forward loss scales its precomputed gradients in place, so it can be "
+                           "back-propagated once; for retain_graph / several backward passes use "
+                           "grad_in_forward=False")
+    ctx.consumed = True
+    # In place: a second copy of dW would double the op's peak memory in backward.
+    grads = [g.mul_(grad_loss.to(g.dtype)) if need and ctx.needs_input_grad[i] else None
+             for i, (g, need) in enumerate(zip(ctx.saved_tensors, ctx.needs))]
+    return tuple(grads) + (None, [None] * ctx.num_token_args) + (None,) * 9
+
+
+fused_token_loss_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _needs_grad(t: Optional[torch.Tensor]) -> bool:
+    return t is not None and t.requires_grad and torch.is_grad_enabled()
+
+
+def fused_token_loss(hidden, weight, bias, targets, token_fn: str, token_args: Sequence[torch.Tensor] = (),
+                     token_params: Sequence[float] = (), *, temperature: float = 1.0, ignore_index: int = -100,
+                     with_entropy: bool = False, chunk_size: Optional[int] = None):
+    """(loss 0-d fp32, logprobs [N], entropy [N] or [0], extras [N, k]) with dLoss/d(hidden, weight, bias)
+    computed in the forward. Inputs are validated and flattened by the caller (hidden [N, H] contiguous,
+    targets [N] int64). Only `loss` is differentiable; the rest is detached, for logging."""
+    if chunk_size is None:
+        chunk_size = chunked.default_chunk_size(hidden.shape[0], weight.shape[0])
+    needs = (_needs_grad(hidden), _needs_grad(weight), _needs_grad(bias))
+    out = fused_token_loss_fwd(hidden, weight, bias, targets, list(token_args), [float(p) for p in token_params],
+                               token_fn, float(temperature), int(ignore_index), bool(with_entropy), int(chunk_size),
+                               *needs)
+    return out[:4]
