@@ -1,0 +1,125 @@
+"""Policy loss on per-token logprobs: aggregation weights, sequence-level ratios, autograd, metrics.
+
+The token math is token_terms.policy_token_terms; this file turns a [B, T] batch into its inputs
+(per-token aggregation scale, per-token advantages, GSPO's sequence ratio) and wraps it in an
+autograd Function whose backward is the analytic gradient the token function returns.
+"""
+
+from typing import Optional
+
+import torch
+
+from .token_terms import EXTRAS, TokenLossConfig, policy_token_terms
+
+AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm")
+IS_LEVELS = ("token", "sequence", "sequence_token")
+
+
+def aggregation_scale(mask: torch.Tensor, aggregation: str, *, global_token_count=None, max_completion_length=None,
+                      num_sequences=None) -> torch.Tensor:
+    """Per-token weights s [B, T] fp32 with loss = sum s * x (GRO_SPEC.md §3, aggregation).
+
+    token_mean: m / sum m (or / global_token_count); seq_mean_token_mean: m / (B len_i);
+    seq_mean_token_sum: m / B; seq_mean_token_sum_norm: m / (B L), L = max_completion_length or
+    the padded width T. B is num_sequences when given (e.g. over gradient-accumulation steps), else
+    the rows of this batch. An empty sequence or an all-masked batch gets weight 0, never NaN.
+    """
+    m = mask.to(torch.float32)
+    rows = m.shape[0] if num_sequences is None else num_sequences
+    if aggregation == "token_mean":
+        count = m.sum() if global_token_count is None else global_token_count
+        if isinstance(count, torch.Tensor):
+            count = count.to(torch.float32).clamp(min=1.0)
+        else:
+            count = max(float(count), 1.0)
+        return m / count
+    if aggregation == "seq_mean_token_mean":
+        return m / (m.sum(1, keepdim=True).clamp(min=1.0) * max(rows, 1))
+    if aggregation == "seq_mean_token_sum":
+        return m / max(rows, 1)
+    if aggregation == "seq_mean_token_sum_norm":
+        width = m.shape[1] if max_completion_length is None else max_completion_length
+        return m / (max(rows, 1) * max(width, 1))
+    raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+
+
+class _PolicyTokenLoss(torch.autograd.Function):
+    """loss = sum_t terms.loss; backward = grad_output * the token function's analytic gradients."""
+
+    @staticmethod
+    def forward(ctx, logprobs, entropy, log_ratio, advantages, scale, mask, old, ref, rollout, cfg):
+        terms = policy_token_terms(logprobs.detach(), advantages, scale, mask, old_logprobs=old, ref_logprobs=ref,
+                                   entropy=None if entropy is None else entropy.detach(), rollout_logprobs=rollout,
+                                   log_ratio=None if log_ratio is None else log_ratio.detach(), cfg=cfg)
+        ctx.save_for_backward(terms.grad_logprobs, terms.grad_entropy, terms.grad_log_ratio)
+        ctx.mark_non_differentiable(terms.extras)
+        return terms.loss.sum(), terms.extras
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_extras):
+        g_l, g_h, g_r = ctx.saved_tensors
+        scale = lambda g, needed: g * grad_loss if (needed and g is not None) else None  # noqa: E731
+        need = ctx.needs_input_grad
+        return (scale(g_l, need[0]), scale(g_h, need[1]), scale(g_r, need[2]),
+                None, None, None, None, None, None, None)
+
+
+def sequence_log_ratio(logprobs, old_logprobs, mask):
+    """GSPO: r_i = mean over the valid tokens of sequence i of (l - l_old); differentiable in l."""
+    m = mask.to(torch.float32)
+    old = logprobs.detach() if old_logprobs is None else old_logprobs
+    diff = torch.where(mask, logprobs - old, torch.zeros_like(logprobs))
+    return diff.sum(1) / m.sum(1).clamp(min=1.0)
+
+
+def token_advantages(advantages: torch.Tensor, shape) -> torch.Tensor:
+    """Per-sequence [B] advantages broadcast to tokens; per-token [B, T] pass through."""
+    adv = advantages.to(torch.float32)
+    return adv.unsqueeze(1).expand(shape) if adv.dim() == 1 else adv
+
+
+def policy_loss(logprobs, advantages, mask, *, old_logprobs=None, ref_logprobs=None, rollout_logprobs=None,
+                entropy=None, cfg: TokenLossConfig, importance_sampling_level: str = "token",
+                scale: Optional[torch.Tensor] = None):
+    """Scalar policy loss of a [B, T] batch and the per-token metric sums.
+
+    scale: the [B, T] aggregation weights (aggregation_scale). Returns (loss 0-d fp32,
+    stats [6] fp32 = token count, sums of EXTRAS columns, entropy sum), ready for metrics().
+    """
+    shape = logprobs.shape
+    adv = token_advantages(advantages, shape)
+    log_ratio = None
+    if importance_sampling_level != "token":
+        seq = sequence_log_ratio(logprobs, old_logprobs, mask)
+        log_ratio = seq.unsqueeze(1).expand(shape)
+        if importance_sampling_level == "sequence_token":  # value of the sequence, gradient per token
+            log_ratio = logprobs - logprobs.detach() + log_ratio.detach()
+    flat = lambda t: None if t is None else t.reshape(-1)  # noqa: E731
+    f32 = lambda t: None if t is None else t.reshape(-1).to(torch.float32)  # noqa: E731
+    loss, extras = _PolicyTokenLoss.apply(f32(logprobs), f32(entropy), f32(log_ratio), adv.reshape(-1),
+                                          scale.reshape(-1), flat(mask), f32(old_logprobs), f32(ref_logprobs),
+                                          f32(rollout_logprobs), cfg)
+    return loss, token_stats(extras, mask, entropy)
+
+
+def token_stats(extras, mask, entropy):
+    """[count, kl, ratio, clipped_low, clipped_high, entropy] sums over the valid tokens."""
+    count = mask.to(torch.float32).sum().reshape(1)
+    ent = torch.zeros(1, dtype=torch.float32, device=mask.device) if entropy is None else \
+        torch.where(mask, entropy.detach().float(), 0.0).sum().reshape(1)
+    return torch.cat([count, extras.sum(0), ent])
+
+
+def metrics(stats, with_entropy: bool, with_kl: bool) -> dict:
+    """Means over valid tokens (TRL's masked batch mean) as fp32 0-d tensors, no host sync."""
+    count = stats[0].clamp(min=1.0)
+    out = {"ratio": stats[1 + EXTRAS.index("ratio")] / count,
+           "clip_ratio_low": stats[1 + EXTRAS.index("clipped_low")] / count,
+           "clip_ratio_high": stats[1 + EXTRAS.index("clipped_high")] / count}
+    out["clip_ratio"] = out["clip_ratio_low"] + out["clip_ratio_high"]
+    if with_kl:
+        out["kl"] = stats[1 + EXTRAS.index("kl")] / count
+    if with_entropy:
+        out["entropy"] = stats[5] / count
+    out["num_tokens"] = stats[0]
+    return out
