@@ -16,8 +16,18 @@
 
 namespace gro {
 
+// Reinterpret an int's bits as a float without going through memory (a union or memcpy through
+// the stack stops GCC from vectorizing the loops that call exp_nonpositive).
+GRO_HD float bits_to_float(int32_t i) {
+#if defined(__CUDA_ARCH__)
+  return __int_as_float(i);
+#else
+  return __builtin_bit_cast(float, i);
+#endif
+}
+
 // exp(x) for x <= 0 (every call site passes a value minus a running max), written without calls
-// or tables so that GCC vectorizes it: Cody-Waite reduction x = n*ln2 + r, |r| <= ln2/2, then a
+// or tables so that GCC vectorizes it: Cody-Waite reduction x = n*ln2 + r, |r| <= ln2/2 (n rounded to nearest), then a
 // degree-7 polynomial for exp(r) (relative error ~1e-7, i.e. about 1 ulp), then a 2^n scale built
 // from the exponent bits. Inputs below -87 (where 2^n would underflow) give exactly 0; NaN gives NaN.
 GRO_HD float exp_nonpositive(float x) {
@@ -25,7 +35,9 @@ GRO_HD float exp_nonpositive(float x) {
   const float kLn2Hi = 0.693359375f;
   const float kLn2Lo = -2.12194440e-4f;
   const float xc = x < -87.0f ? -87.0f : x;
-  const float n = floorf(xc * kLog2e + 0.5f);
+  // Round to nearest by adding and subtracting 1.5 * 2^23 (floorf would block vectorization).
+  const float kRoundMagic = 12582912.0f;
+  const float n = (xc * kLog2e + kRoundMagic) - kRoundMagic;
   const float r = (xc - n * kLn2Hi) - n * kLn2Lo;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
@@ -34,12 +46,7 @@ GRO_HD float exp_nonpositive(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  union {
-    int32_t i;
-    float f;
-  } scale;
-  scale.i = (static_cast<int32_t>(n) + 127) << 23;
-  const float y = p * scale.f;
+  const float y = p * bits_to_float((static_cast<int32_t>(n) + 127) << 23);
   // x != x keeps NaN; the underflow select keeps exp(-inf) == 0 exactly.
   return x != x ? x : (x < -87.0f ? 0.0f : y);
 }
