@@ -1,0 +1,113 @@
+"""Chunked exact KL: per row chunk, a policy GEMM and a reference GEMM into two bounded [C, V] buffers,
+then a fused epilogue (plain torch ops, in place on the buffers).
+
+Memory is O(C*V) whatever N is. Forward: 2 GEMMs per chunk, saves the policy and reference lse and
+KL per row. Backward recomputes both chunks' logits (2 GEMMs), turns the policy buffer into dLoss/dz
+in place, then feeds the dhidden and dweight GEMMs (6 GEMMs in all, the reference gets no gradient).
+"""
+
+import os
+
+import torch
+
+# Target logits per buffer: 2^23 fp32 values = 32 MiB each, two buffers (policy, reference) per chunk.
+_BUFFER_ELEMENTS = 1 << 23
+
+
+def default_chunk_size(n_rows: int, vocab: int) -> int:
+    env = os.environ.get("GRO_CHUNK_SIZE")
+    if env:
+        return max(1, int(env))
+    return max(1, min(n_rows, max(16, _BUFFER_ELEMENTS // max(vocab, 1))))
+
+
+class _Buffers:
+    """Two [rows, V] logit buffers in the input dtype, plus fp32 copies for low-precision inputs."""
+
+    def __init__(self, rows, vocab, dtype, device):
+        self.cast = dtype != torch.float32
+        self.z = [torch.empty(rows, vocab, dtype=dtype, device=device) for _ in range(2)]
+        self.z32 = [torch.empty(rows, vocab, dtype=torch.float32, device=device) for _ in range(2)] \
+            if self.cast else self.z
+
+    def logits(self, which, hidden_rows, weight, bias):
+        """fp32 logits of the rows (which = 0 policy, 1 reference), in buffer `which`."""
+        out = self.z[which][: hidden_rows.shape[0]]
+        if bias is None:
+            torch.mm(hidden_rows, weight.t(), out=out)
+        else:
+            torch.addmm(bias, hidden_rows, weight.t(), out=out)
+        return self.z32[which][: out.shape[0]].copy_(out) if self.cast else out
+
+
+def _log_softmax_(z, inv_tau):
+    """z <- log softmax(z * inv_tau) in place; returns the row lse."""
+    z.mul_(inv_tau)
+    lse = torch.logsumexp(z, dim=1)
+    z.sub_(lse.unsqueeze(1))
+    return lse
+
+
+def _forward_epilogue(zp, zq, inv_tau, kl, lse_p, lse_q):
+    lse_p.copy_(_log_softmax_(zp, inv_tau))
+    lse_q.copy_(_log_softmax_(zq, inv_tau))
+    log_ratio = zq.neg_().add_(zp)  # log p - log q, in zq's storage
+    kl.copy_(log_ratio.mul_(zp.exp_()).sum(1))  # p (log p - log q), summed over V
+
+
+def _backward_epilogue(zp, zq, inv_tau, lse_p, lse_q, kl, grad_kl, mask):
+    """zp <- dLoss/dzp = g * p * (log p - log q - KL) / tau; rows outside `mask` become exact zeros."""
+    log_p = zp.mul_(inv_tau).sub_(lse_p.unsqueeze(1))
+    centered = zq.mul_(inv_tau).sub_(lse_q.unsqueeze(1)).neg_().add_(log_p).sub_(kl.unsqueeze(1))
+    log_p.exp_().mul_(centered).mul_((grad_kl * inv_tau).unsqueeze(1))
+    if mask is not None:
+        zp.masked_fill_(~mask.unsqueeze(1), 0.0)  # exact zeros even for non-finite masked rows
+
+
+def forward(hidden, weight, bias, ref_hidden, ref_weight, ref_bias, mask, *, inv_temperature, chunk_size):
+    """Returns (kl [N] fp32, masked rows 0; lse_p [N] fp32; lse_q [N] fp32)."""
+    n, vocab = hidden.shape[0], weight.shape[0]
+    f32 = dict(dtype=torch.float32, device=hidden.device)
+    kl, lse_p, lse_q = (torch.empty(n, **f32) for _ in range(3))
+    if n == 0:
+        return kl, lse_p, lse_q
+    rows = min(chunk_size, n)
+    buffers = _Buffers(rows, vocab, hidden.dtype, hidden.device)
+    for start in range(0, n, rows):
+        end = min(start + rows, n)
+        zp = buffers.logits(0, hidden[start:end], weight, bias)
+        zq = buffers.logits(1, ref_hidden[start:end], ref_weight, ref_bias)
+        _forward_epilogue(zp, zq, inv_temperature, kl[start:end], lse_p[start:end], lse_q[start:end])
+    if mask is not None:
+        kl.masked_fill_(~mask, 0.0)
+    return kl, lse_p, lse_q
+
+
+def backward(grad_kl, hidden, weight, bias, ref_hidden, ref_weight, ref_bias, mask, kl, lse_p, lse_q, *,
+             inv_temperature, chunk_size, needs_hidden, needs_weight, needs_bias):
+    """Returns (dhidden or None, dweight or None, dbias or None) in the input dtype."""
+    n, vocab = hidden.shape[0], weight.shape[0]
+    f32 = dict(dtype=torch.float32, device=hidden.device)
+    d_hidden = torch.zeros_like(hidden) if needs_hidden else None
+    # dweight/dbias accumulate over chunks in fp32, whatever the input dtype.
+    d_weight = torch.zeros(weight.shape, **f32) if needs_weight else None
+    d_bias = torch.zeros(vocab, **f32) if needs_bias else None
+    if n > 0 and (needs_hidden or needs_weight or needs_bias):
+        rows = min(chunk_size, n)
+        buffers = _Buffers(rows, vocab, hidden.dtype, hidden.device)
+        for start in range(0, n, rows):
+            end = min(start + rows, n)
+            rows_h = hidden[start:end]
+            zp = buffers.logits(0, rows_h, weight, bias)
+            zq = buffers.logits(1, ref_hidden[start:end], ref_weight, ref_bias)
+            _backward_epilogue(zp, zq, inv_temperature, lse_p[start:end], lse_q[start:end], kl[start:end],
+                               grad_kl[start:end], None if mask is None else mask[start:end])
+            g = buffers.z[0][: end - start].copy_(zp) if buffers.cast else zp
+            if needs_hidden:
+                torch.mm(g, weight, out=d_hidden[start:end])
+            if needs_weight:
+                d_weight.add_(torch.mm(g.t(), rows_h)) if buffers.cast else d_weight.addmm_(g.t(), rows_h)
+            if needs_bias:
+                d_bias.add_(zp.sum(0))
+    cast = (lambda t: t if t is None else t.to(hidden.dtype))
+    return d_hidden, cast(d_weight), cast(d_bias)
