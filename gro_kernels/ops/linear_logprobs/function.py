@@ -84,9 +84,9 @@ def linear_logprobs_bwd(grad_logprobs: torch.Tensor, grad_entropy: Optional[torc
                           hidden, weight, bias, targets, lse, entropy, inv_temperature=1.0 / temperature,
                           ignore_index=ignore_index, chunk_size=chunk_size, needs_hidden=needs_hidden,
                           needs_weight=needs_weight, needs_bias=needs_bias)
-    # Custom ops cannot return None: an unneeded gradient is an empty tensor.
-    empty = hidden.new_empty(0)
-    return (dh if dh is not None else empty, dw if dw is not None else empty, db if db is not None else empty)
+    # Custom ops cannot return None: an unneeded gradient is an empty tensor (a fresh one per output,
+    # since custom-op outputs may not alias each other).
+    return tuple(g if g is not None else hidden.new_empty(0) for g in (dh, dw, db))
 
 
 @linear_logprobs_bwd.register_fake
