@@ -25,22 +25,24 @@ def aggregation_scale(mask: torch.Tensor, aggregation: str, *, global_token_coun
     the rows of this batch. An empty sequence or an all-masked batch gets weight 0, never NaN.
     """
     m = mask.to(torch.float32)
-    rows = m.shape[0] if num_sequences is None else num_sequences
+    rows = _at_least_one(m.shape[0] if num_sequences is None else num_sequences)
     if aggregation == "token_mean":
-        count = m.sum() if global_token_count is None else global_token_count
-        if isinstance(count, torch.Tensor):
-            count = count.to(torch.float32).clamp(min=1.0)
-        else:
-            count = max(float(count), 1.0)
-        return m / count
+        return m / _at_least_one(m.sum() if global_token_count is None else global_token_count)
     if aggregation == "seq_mean_token_mean":
-        return m / (m.sum(1, keepdim=True).clamp(min=1.0) * max(rows, 1))
+        return m / (m.sum(1, keepdim=True).clamp(min=1.0) * rows)
     if aggregation == "seq_mean_token_sum":
-        return m / max(rows, 1)
+        return m / rows
     if aggregation == "seq_mean_token_sum_norm":
         width = m.shape[1] if max_completion_length is None else max_completion_length
-        return m / (max(rows, 1) * max(width, 1))
+        return m / (rows * max(width, 1))
     raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+
+
+def _at_least_one(count):
+    """A count (int or tensor, e.g. the online rows of a mixed batch) as a divisor >= 1, no host sync."""
+    if isinstance(count, torch.Tensor):
+        return count.to(torch.float32).clamp(min=1.0)
+    return max(float(count), 1.0)
 
 
 class _PolicyTokenLoss(torch.autograd.Function):
