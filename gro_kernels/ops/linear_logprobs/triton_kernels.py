@@ -101,14 +101,15 @@ def _fwd_merge_kernel(part_ptr, targets_ptr, logprob_ptr, entropy_ptr, lse_ptr,
     into lse = M + log S, logprob = z_y - lse, entropy = log S - U/S (U relative to M)."""
     rows = offsets_i64(tl.program_id(0) * BLOCK, BLOCK)
     row_ok = rows < n_rows
+    split_stride = 4 * n_rows.to(tl.int64)
     m_all = tl.full((BLOCK,), _M_INIT, tl.float32)
     for split in range(0, n_splits):
-        m_all = tl.maximum(m_all, tl.load(part_ptr + split * 4 * n_rows + rows, mask=row_ok, other=_M_INIT))
+        m_all = tl.maximum(m_all, tl.load(part_ptr + split * split_stride + rows, mask=row_ok, other=_M_INIT))
     s_all = tl.zeros((BLOCK,), tl.float32)
     u_all = tl.zeros((BLOCK,), tl.float32)
     t_all = tl.zeros((BLOCK,), tl.float32)
     for split in range(0, n_splits):
-        base = part_ptr + split * 4 * n_rows + rows
+        base = part_ptr + split * split_stride + rows
         m = tl.load(base, mask=row_ok, other=_M_INIT)
         s = tl.load(base + n_rows, mask=row_ok, other=0.0)
         u = tl.load(base + 2 * n_rows, mask=row_ok, other=0.0)
@@ -155,9 +156,9 @@ def _bwd_kernel(hidden_ptr, weight_ptr, bias_ptr, targets_ptr, lse_ptr, entropy_
     lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
     z = _logit_tile(hidden_ptr, weight_ptr, bias_ptr, rows, cols, row_ok, col_ok, hidden_dim, stride_hn,
                     stride_wv, inv_temperature, HAS_BIAS, BLOCK_N, BLOCK_V, BLOCK_K, DOT_FP32, ALLOW_TF32)
-    # Ignored/tail rows and tail columns get log p = 0 (finite) so no inf*0 arises; zeroed below.
-    in_tile = valid[:, None] & col_ok[None, :]
-    log_p = tl.where(in_tile, z - lse[:, None], 0.0)
+    # Ignored/tail rows and tail columns get log p = 0, so everything stays finite: those rows have
+    # g = 0, and tail columns meet zero-filled W rows in dh and masked atomics in dW and db.
+    log_p = tl.where(valid[:, None] & col_ok[None, :], z - lse[:, None], 0.0)
     p = tl.exp(log_p)
     onehot = tl.where(cols[None, :] == target[:, None], 1.0, 0.0)
     dz = g_l[:, None] * (onehot - p)
@@ -165,7 +166,7 @@ def _bwd_kernel(hidden_ptr, weight_ptr, bias_ptr, targets_ptr, lse_ptr, entropy_
         g_h = tl.where(valid, tl.load(grad_ent_ptr + rows, mask=row_ok, other=0.0), 0.0)
         ent = tl.load(entropy_ptr + rows, mask=row_ok, other=0.0)
         dz -= g_h[:, None] * p * (log_p + ent[:, None])
-    dz = tl.where(in_tile, dz * inv_temperature, 0.0)
+    dz = dz * inv_temperature
     if NEED_DB:
         tl.atomic_add(db_ptr + cols, tl.sum(dz, axis=0), mask=col_ok)
     dz_op = dz.to(hidden_ptr.dtype.element_ty)
