@@ -62,10 +62,16 @@ def _masked_mean(values, valid):
 
 def preference_loss(logprobs, mask, ref_logprobs, offline, cfg: PreferenceConfig, *, pair_ids=None, chosen=None,
                     desirable=None, kto_z0=None):
-    """Mean preference loss over the pairs (or, for KTO, the rows) made of offline rows, and metrics."""
+    """Mean preference loss over the pairs (or, for KTO, the rows) made of offline rows, and metrics.
+
+    A fully masked response cannot be compared: its pair (or KTO row) is left out, so it contributes
+    zero loss and zero gradient, and an all-masked batch gives loss 0.
+    """
     score = sequence_scores(logprobs, mask, ref_logprobs, cfg)
+    nonempty = mask.any(1)
     reward = score.detach() * (cfg.beta if cfg.loss in ("dpo", "ipo", "kto", "simpo") else 1.0)
     if cfg.loss == "kto":
+        offline = offline & nonempty
         if kto_z0 is None:
             kto_z0 = _masked_mean(score.detach(), offline).clamp(min=0.0)
         z0 = torch.as_tensor(kto_z0, dtype=torch.float32, device=score.device).detach()
@@ -75,6 +81,7 @@ def preference_loss(logprobs, mask, ref_logprobs, offline, cfg: PreferenceConfig
                    "rewards_rejected": _masked_mean(reward, bad)}
         return _masked_mean(losses, offline), metrics
     win, lose, valid = pair_up(pair_ids, chosen, offline)
+    valid = valid & nonempty[win] & nonempty[lose]
     s_w, s_l = score[win], score[lose]
     if cfg.loss == "dpo":
         losses = naive.dpo_loss(s_w, s_l, cfg.beta, cfg.label_smoothing)
