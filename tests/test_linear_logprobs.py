@@ -5,7 +5,7 @@ import torch
 
 import gro_kernels
 from gro_kernels import _ext
-from helpers import assert_close_rel, make_inputs, max_err, oracle, run
+from tests.helpers import assert_close_rel, make_inputs, max_err, oracle, run
 
 # (backend, epilogue): the chunked backend with the compiled epilogue and with the torch fallback.
 BACKENDS = [
