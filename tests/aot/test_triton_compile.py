@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from gro_kernels import triton_aot
+from gro_kernels.ops.group_advantages import triton_impl as adv_triton
 from gro_kernels.ops.linear_logprobs import triton_impl as lp_triton
+from gro_kernels.ops.policy_loss import triton_impl as policy_triton
 
 TARGETS = {"sm80": 80, "sm90": 90}
 
@@ -18,6 +20,8 @@ def _specs():
         for dtype in (torch.bfloat16, torch.float16):
             for spec in lp_triton.compile_specs(target, dtype):
                 out.append(pytest.param(spec, arch, id=f"{spec.name}-sm{arch}"))
+        for spec in policy_triton.compile_specs(target) + adv_triton.compile_specs(target):
+            out.append(pytest.param(spec, arch, id=f"{spec.name}-sm{arch}"))
     return out
 
 
@@ -39,5 +43,5 @@ def test_tile_address_math_is_64_bit(spec, arch):
     ttir = triton_aot.compile_spec(spec, arch).asm["ttir"]
     widths = _TENSOR_MUL.findall(ttir)
     assert "i32" not in widths, [line for line in ttir.splitlines() if "arith.muli" in line]
-    if "merge" not in spec.name:
+    if spec.name.startswith(("lp_fwd[", "lp_bwd[")):
         assert "i64" in widths

@@ -1,0 +1,111 @@
+"""Triton segmented (ragged) group advantages: one program per group, no host sync, no padding.
+
+Same math and numerics contract as function.group_advantages (deviations taken around the group
+minimum, so identical rewards give exact zeros; unbiased std; a group of one gets 0). Groups are
+contiguous segments given by offsets [G + 1]; a dense group index is sorted into segments first.
+Modes grpo (scale_rewards group / batch / none), dr_grpo and rloo run in the kernel; remax and
+none are a subtraction / copy. Triton is imported only when this module is.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from ..._triton_common import require_launchable
+
+BLOCK = 256
+_MODES = {"grpo": 0, "grpo_unscaled": 1, "dr_grpo": 2, "rloo": 3}
+
+
+@triton.jit
+def _segment_advantage_kernel(r_ptr, offsets_ptr, out_ptr, eps, MODE: tl.constexpr, BLOCK: tl.constexpr):
+    """Grid (G,): program g reads rewards[offsets[g]:offsets[g+1]] in BLOCK chunks three times (min,
+    mean, variance) and writes that segment's advantages. MODE: 0 grpo (group std), 1 grpo without
+    scaling, 2 dr_grpo, 3 rloo. Offsets are int64, so segments may sit beyond 2^31."""
+    g = tl.program_id(0)
+    start = tl.load(offsets_ptr + g)
+    n = tl.load(offsets_ptr + g + 1) - start
+    chunks = tl.cdiv(n, BLOCK)
+    lane = tl.arange(0, BLOCK)
+    low = tl.full((BLOCK,), float("inf"), tl.float32)
+    for c in range(0, chunks):
+        ok = c * BLOCK + lane < n
+        low = tl.minimum(low, tl.load(r_ptr + start + c * BLOCK + lane, mask=ok, other=float("inf")).to(tl.float32))
+    low_g = tl.min(low, axis=0)
+    acc = tl.zeros((BLOCK,), tl.float32)
+    for c in range(0, chunks):
+        ok = c * BLOCK + lane < n
+        acc += tl.where(ok, tl.load(r_ptr + start + c * BLOCK + lane, mask=ok, other=0.0).to(tl.float32) - low_g, 0.0)
+    nf = n.to(tl.float32)
+    mean_shift = tl.sum(acc, axis=0) / tl.maximum(nf, 1.0)
+    std = 1.0
+    if MODE == 0:
+        sq = tl.zeros((BLOCK,), tl.float32)
+        for c in range(0, chunks):
+            ok = c * BLOCK + lane < n
+            x = tl.load(r_ptr + start + c * BLOCK + lane, mask=ok, other=0.0).to(tl.float32) - low_g - mean_shift
+            sq += tl.where(ok, x * x, 0.0)
+        std = tl.sqrt(tl.sum(sq, axis=0) / tl.maximum(nf - 1.0, 1.0)) + eps
+    factor = 1.0
+    if MODE == 3:  # r_i - mean of the others = n / (n - 1) (r_i - mean)
+        factor = nf / tl.maximum(nf - 1.0, 1.0)
+    for c in range(0, chunks):
+        ok = c * BLOCK + lane < n
+        x = tl.load(r_ptr + start + c * BLOCK + lane, mask=ok, other=0.0).to(tl.float32) - low_g - mean_shift
+        if MODE == 0:
+            x = x / std
+        if MODE == 3:
+            x = x * factor
+        if MODE != 2:
+            x = tl.where(n > 1, x, 0.0)
+        tl.store(out_ptr + start + c * BLOCK + lane, x, mask=ok)
+
+
+def segmented_advantages(rewards, offsets, mode: str, *, eps: float = 1e-6):
+    """fp32 advantages of rewards [B] grouped in contiguous segments offsets [G + 1] (int64, offsets[0]
+    = 0, offsets[G] = B). mode: grpo | grpo_unscaled | dr_grpo | rloo."""
+    require_launchable("rewards", rewards)
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {tuple(_MODES)}, got {mode!r}")
+    out = torch.empty(rewards.shape[0], dtype=torch.float32, device=rewards.device)
+    groups = offsets.shape[0] - 1
+    if groups > 0 and rewards.shape[0] > 0:
+        torch.library.wrap_triton(_segment_advantage_kernel)[(groups,)](
+            rewards.contiguous(), offsets.to(torch.int64).contiguous(), out, float(eps), MODE=_MODES[mode],
+            BLOCK=BLOCK, num_warps=4)
+    return out
+
+
+def group_advantages(rewards, index, groups: int, mode: str, *, eps: float, baseline=None,
+                     scale_rewards: str = "group"):
+    """function.group_advantages with the segmented kernel: a dense group index [B] in [0, groups) is
+    sorted into contiguous segments (stable, on device), the kernel runs, results scatter back."""
+    r = rewards.to(torch.float32)
+    if mode == "none":
+        return r.clone()
+    if mode == "remax":
+        return r - baseline.to(torch.float32)
+    if mode == "grpo" and scale_rewards not in ("group", "batch", "none"):
+        raise ValueError(f"scale_rewards must be one of ('group', 'batch', 'none'), got {scale_rewards!r}")
+    kernel_mode = "grpo_unscaled" if mode == "grpo" and scale_rewards != "group" else mode
+    order = torch.argsort(index, stable=True)
+    counts = torch.bincount(index, minlength=groups)
+    offsets = torch.zeros(groups + 1, dtype=torch.int64, device=r.device)
+    torch.cumsum(counts, 0, out=offsets[1:])
+    out = torch.empty_like(r)
+    out[order] = segmented_advantages(r[order], offsets, kernel_mode, eps=eps)
+    if mode == "grpo" and scale_rewards == "batch":
+        centered = r - r.min()
+        centered = centered - centered.mean()
+        std = (centered.square().sum() / max(r.numel() - 1, 1)).sqrt()
+        out = out / (std + eps)
+    return out
+
+
+def compile_specs(target: str):
+    """Kernel variants for the AOT tests (one config on both targets: a memory-bound segmented pass)."""
+    from ...triton_aot import KernelSpec
+
+    types = dict(r_ptr="*fp32", offsets_ptr="*i64", out_ptr="*fp32", eps="fp32")
+    return [KernelSpec(f"group_adv[{mode}]", _segment_advantage_kernel, types, dict(MODE=code, BLOCK=BLOCK),
+                       ("r_ptr", "offsets_ptr", "out_ptr"), 4, 1) for mode, code in _MODES.items()]
