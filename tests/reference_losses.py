@@ -113,6 +113,8 @@ def clip_metrics(rho, adv, mask, eps_low, eps_high, surrogate="clip"):
     a = adv if adv.dim() == 2 else adv.unsqueeze(1).expand_as(rho)
     if surrogate == "cispo":
         low, high = torch.zeros_like(m), (rho > eps_high) & (a > 0)
+    elif surrogate == "reinforce":  # no ratio, nothing clipped
+        low, high = torch.zeros_like(m), torch.zeros_like(m)
     else:
         low, high = (rho < 1 - eps_low) & (a < 0), (rho > 1 + eps_high) & (a > 0)
     n = m.sum().clamp(min=1)
