@@ -5,6 +5,9 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
+#include <c10/util/string_view.h>
+
+#include "../csrc/common/group_math.h"
 
 namespace gro {
 
@@ -26,6 +29,28 @@ inline void check_row_vector(const at::Tensor& t, const at::Tensor& logits, cons
   TORCH_CHECK(t.dim() == 1 && t.size(0) == logits.size(0) && t.is_contiguous(), "gro_C: ", name,
               " must be contiguous [", logits.size(0), "], got shape ", t.sizes());
   TORCH_CHECK(t.scalar_type() == at::kFloat, "gro_C: ", name, " must be float32, got ", t.scalar_type());
+}
+
+// group_advantages: rewards [B] fp32, offsets [G+1] int64 on the same device, a known mode, eps >= 0.
+inline void check_group_inputs(const at::Tensor& rewards, const at::Tensor& offsets, double eps,
+                               c10::DeviceType device) {
+  TORCH_CHECK(rewards.device().type() == device, "gro_C: rewards must be on ", device, ", got ", rewards.device());
+  TORCH_CHECK(rewards.dim() == 1 && rewards.is_contiguous(), "gro_C: rewards must be contiguous 1-D [B], got shape ",
+              rewards.sizes());
+  TORCH_CHECK(rewards.scalar_type() == at::kFloat, "gro_C: rewards must be float32, got ", rewards.scalar_type());
+  TORCH_CHECK(offsets.device() == rewards.device(), "gro_C: offsets must be on ", rewards.device(), ", got ",
+              offsets.device());
+  TORCH_CHECK(offsets.dim() == 1 && offsets.size(0) >= 1 && offsets.is_contiguous(),
+              "gro_C: offsets must be contiguous 1-D [num_groups + 1], got shape ", offsets.sizes());
+  TORCH_CHECK(offsets.scalar_type() == at::kLong, "gro_C: offsets must be int64, got ", offsets.scalar_type());
+  TORCH_CHECK(eps >= 0.0, "gro_C: eps must be >= 0, got ", eps);
+}
+
+inline AdvantageMode parse_advantage_mode(c10::string_view mode) {
+  if (mode == "grpo") return AdvantageMode::kGrpo;
+  if (mode == "dr_grpo") return AdvantageMode::kDrGrpo;
+  if (mode == "rloo") return AdvantageMode::kRloo;
+  TORCH_CHECK(false, "gro_C: mode must be one of 'grpo', 'dr_grpo', 'rloo', got '", mode, "'");
 }
 
 }  // namespace gro

@@ -1,8 +1,10 @@
 // CPU implementations of the gro_C ops: check, then hand raw pointers to csrc/cpu.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
+#include "../csrc/cpu/group_advantages.h"
 #include "../csrc/cpu/logprob_epilogue.h"
 #include "checks.h"
 
@@ -52,9 +54,33 @@ void logit_grad_cpu(const at::Tensor& logits, const at::Tensor& targets, double 
                                at::get_num_threads());
 }
 
+void check_offsets_partition(const at::Tensor& offsets, int64_t batch) {
+  // Malformed offsets would make a group read outside `rewards`: refuse them here.
+  const int64_t* o = offsets.data_ptr<int64_t>();
+  const int64_t groups = offsets.size(0) - 1;
+  TORCH_CHECK(o[0] == 0 && o[groups] == batch, "gro_C: offsets must start at 0 and end at rewards.size(0)=", batch,
+              ", got ", o[0], " and ", o[groups]);
+  for (int64_t g = 0; g < groups; ++g) {
+    TORCH_CHECK(o[g] <= o[g + 1], "gro_C: offsets must be non-decreasing, got offsets[", g, "]=", o[g], " > offsets[",
+                g + 1, "]=", o[g + 1]);
+  }
+}
+
+at::Tensor group_advantages_cpu(const at::Tensor& rewards, const at::Tensor& offsets, c10::string_view mode,
+                                double eps) {
+  gro::check_group_inputs(rewards, offsets, eps, c10::DeviceType::CPU);
+  const gro::AdvantageMode parsed = gro::parse_advantage_mode(mode);
+  check_offsets_partition(offsets, rewards.size(0));
+  at::Tensor advantages = at::empty_like(rewards);
+  gro::cpu::group_advantages(rewards.data_ptr<float>(), offsets.data_ptr<int64_t>(), offsets.size(0) - 1, parsed,
+                             static_cast<float>(eps), advantages.data_ptr<float>(), at::get_num_threads());
+  return advantages;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(gro_C, CPU, m) {
   m.impl("logprob_forward", &logprob_forward_cpu);
   m.impl("logit_grad_", &logit_grad_cpu);
+  m.impl("group_advantages", &group_advantages_cpu);
 }

@@ -4,6 +4,7 @@
 // and visible to torch.compile. Device implementations live in cpu_ops.cpp (and cuda_ops.cpp when
 // the CUDA build is on).
 #include <Python.h>
+#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 TORCH_LIBRARY(gro_C, m) {
@@ -15,6 +16,16 @@ TORCH_LIBRARY(gro_C, m) {
   m.def(
       "logit_grad_(Tensor(a!) logits, Tensor targets, float inv_temperature, int ignore_index, "
       "Tensor lse, Tensor? entropy, Tensor grad_logprob, Tensor? grad_entropy) -> ()");
+  // Segmented group advantages (GRO_SPEC.md §2): rewards [B] fp32 sorted by group, group g is
+  // rewards[offsets[g]:offsets[g+1]]; mode is 'grpo', 'dr_grpo' or 'rloo'. Returns fp32 [B].
+  m.def("group_advantages(Tensor rewards, Tensor offsets, str mode, float eps) -> Tensor");
+}
+
+// Shape-only implementation for torch.compile / fake tensors: the output is shaped like rewards.
+TORCH_LIBRARY_IMPL(gro_C, Meta, m) {
+  m.impl("group_advantages", [](const at::Tensor& rewards, const at::Tensor&, c10::string_view, double) {
+    return at::empty_like(rewards);
+  });
 }
 
 // `import gro_kernels._C` runs the static registrations above; the module itself is empty.
