@@ -1,0 +1,102 @@
+"""The row math of csrc/common/row_math.h, executed on CPU through the gro_C CPU ops.
+
+The CUDA epilogue calls the same header functions (exp_nonpositive, row_stats_merge, row_lse,
+row_entropy, logit_grad), so these are the numerical tests of that shared code. The references
+are plain float64 torch.
+"""
+
+import pytest
+import torch
+
+from gro_kernels import _ext
+
+pytestmark = pytest.mark.skipif(not _ext.native_available("cpu"), reason=_ext.native_status())
+
+IGNORE = -100
+
+
+def _reference(z, y, tau):
+    s = z.double() / tau
+    log_p = torch.log_softmax(s, dim=1)
+    valid = y != IGNORE
+    safe = torch.where(valid, y, 0)
+    logprob = torch.where(valid, log_p.gather(1, safe[:, None])[:, 0], 0.0)
+    entropy = torch.where(valid, -(log_p.exp() * log_p).sum(1), 0.0)
+    return logprob, entropy, torch.logsumexp(s, 1)
+
+
+def _native_forward(z, y, tau):
+    rows = z.shape[0]
+    logprob, lse, entropy = torch.empty(rows), torch.empty(rows), torch.empty(rows)
+    torch.ops.gro_C.logprob_forward(z, y, 1.0 / tau, IGNORE, logprob, lse, entropy)
+    return logprob, entropy, lse
+
+
+# vocab 1 (single logit), 5000 (crosses the 2048-logit CPU block: exercises row_stats_merge), 50257 (odd).
+CASES = [
+    pytest.param(1, 1, 1.0, 1.0, id="one-logit"),
+    pytest.param(7, 5000, 1.0, 3.0, id="merge-blocks"),
+    pytest.param(3, 50257, 0.7, 2.0, id="odd-vocab-tau0.7"),
+    pytest.param(4, 300, 1.3, 40.0, id="extreme-logits"),
+]
+
+
+@pytest.mark.parametrize("rows,vocab,tau,scale", CASES)
+def test_forward_matches_float64(rows, vocab, tau, scale):
+    g = torch.Generator().manual_seed(vocab)
+    z = torch.randn(rows, vocab, generator=g) * scale
+    y = torch.randint(0, vocab, (rows,), generator=g)
+    if rows > 2:
+        y[1] = IGNORE
+    for got, want in zip(_native_forward(z, y, tau), _reference(z, y, tau)):
+        torch.testing.assert_close(got.double(), want, rtol=2e-6, atol=2e-5 * max(1.0, scale))
+
+
+def test_ignored_rows_are_zero_and_lse_still_written():
+    z = torch.randn(2, 33)
+    y = torch.tensor([IGNORE, 5])
+    logprob, entropy, lse = _native_forward(z, y, 1.0)
+    assert logprob[0] == 0 and entropy[0] == 0
+    torch.testing.assert_close(lse.double(), torch.logsumexp(z.double(), 1), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
+def test_non_finite_logit_poisons_only_its_row(bad):
+    z = torch.randn(3, 4100)
+    z[1, 4099] = bad  # in the second CPU block, so the poison must survive row_stats_merge
+    logprob, entropy, lse = _native_forward(z, torch.tensor([0, 1, 2]), 1.0)
+    assert torch.isnan(lse[1]) and torch.isnan(logprob[1]) and torch.isnan(entropy[1])
+    assert torch.isfinite(torch.stack([lse, logprob, entropy])[:, [0, 2]]).all()
+
+
+def test_exp_underflow_gives_exact_zero_probability():
+    # A logit 200 below the max has p = 0 exactly (exp_nonpositive's underflow branch), so lse == max.
+    z = torch.tensor([[0.0, -200.0, -1000.0]])
+    logprob, entropy, lse = _native_forward(z, torch.tensor([1]), 1.0)
+    assert lse.item() == 0.0 and entropy.item() == 0.0
+    assert logprob.item() == -200.0
+
+
+@pytest.mark.parametrize("with_entropy", [False, True], ids=["logprob-grad", "with-entropy-grad"])
+@pytest.mark.parametrize("rows,vocab,tau", [(5, 3000, 0.7), (2, 17, 1.0)])
+def test_logit_grad_matches_autograd_float64(rows, vocab, tau, with_entropy):
+    g = torch.Generator().manual_seed(rows * vocab)
+    z = torch.randn(rows, vocab, generator=g) * 2
+    y = torch.randint(0, vocab, (rows,), generator=g)
+    y[0] = IGNORE
+    g_l, g_h = torch.randn(rows, generator=g), torch.randn(rows, generator=g)
+    zd = z.double().requires_grad_()
+    logprob, entropy, _ = _reference(zd, y, tau)
+    loss = (logprob * g_l.double()).sum() + ((entropy * g_h.double()).sum() if with_entropy else 0.0)
+    (want,) = torch.autograd.grad(loss, zd)
+    _, ent, lse = _native_forward(z, y, tau)
+    got = z.clone()
+    torch.ops.gro_C.logit_grad_(got, y, 1.0 / tau, IGNORE, lse, ent if with_entropy else None, g_l,
+                                g_h if with_entropy else None)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    assert (got[0] == 0).all()
+
+
+def test_cpu_op_refuses_out_of_range_target():
+    with pytest.raises(RuntimeError, match="target id 9 at row 0 is outside"):
+        _native_forward(torch.randn(1, 9), torch.tensor([9]), 1.0)
