@@ -1,0 +1,330 @@
+"""Loss benchmarks (issue #3): hidden states -> GRO loss, forward + backward, fp32.
+
+Suites: `grpo` (GRPO preset with given advantages, old and reference logprobs; B=4, T=1024) and `dpo`
+(DPO preset, one chosen/rejected pair of T=2048 with given reference logprobs), H=1024, V=32000.
+Methods: gro-kernels (grad-in-forward and plain), the naive materialized loss, Liger-Kernel's chunked
+losses (eager and compiled, when installed) and the bare GEMMs (3 for grad-in-forward, 4 otherwise).
+
+Times: one process runs every method of a suite round-robin (noise of the shared CPU spreads evenly
+over the methods), medians over repeats. Memory: each method in its own process, one warm-up step
+then one measured step; extra = peak RSS (VmHWM after /proc/self/clear_refs) above the RSS before the
+step, minus the gradient outputs (dhidden, dweight) that every method must allocate.
+
+    python -m benchmarks.bench_losses [--suites grpo,dpo] [--repeats 3] [--quick] [--out bench_results]
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+import gro_kernels
+
+SHAPES = {"grpo": dict(B=4, T=1024, H=1024, V=32000), "dpo": dict(B=2, T=2048, H=1024, V=32000)}
+QUICK_SHAPES = {"grpo": dict(B=2, T=128, H=128, V=4000), "dpo": dict(B=2, T=128, H=128, V=4000)}
+GRPO_BETA, DPO_BETA, EPS = 0.04, 0.1, 0.2
+BARE = {"grpo": "bare_gemm3", "dpo": "bare_gemm4"}
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+def make_inputs(suite, shape, seed=0):
+    """Leaf hidden [B, T, H] / weight [V, H] (requires grad) and the suite's per-token constants."""
+    B, T, H, V = shape["B"], shape["T"], shape["H"], shape["V"]
+    g = torch.Generator().manual_seed(seed)
+    hidden = (torch.randn(B, T, H, generator=g) * 0.5).requires_grad_()
+    weight = (torch.randn(V, H, generator=g) / H ** 0.5).requires_grad_()
+    targets = torch.randint(0, V, (B, T), generator=g)
+    lengths = torch.randint(int(0.8 * T), T + 1, (B,), generator=g)
+    mask = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)
+    with torch.no_grad():
+        current = gro_kernels.linear_logprobs(hidden, weight, targets)
+    inputs = dict(hidden=hidden, weight=weight, targets=targets, mask=mask)
+    if suite == "grpo":
+        inputs["advantages"] = torch.randn(B, generator=g)
+        inputs["old_logprobs"] = current + 0.15 * torch.randn(B, T, generator=g)
+        inputs["ref_logprobs"] = current + 0.1 * torch.randn(B, T, generator=g)
+    else:
+        inputs["pair_ids"], inputs["chosen"] = torch.zeros(B, dtype=torch.long), torch.tensor([True, False])
+        # A reference head (same weight, perturbed hidden states) and the logprobs it gives, so that the
+        # methods taking reference logprobs and those streaming the reference head agree.
+        inputs["ref_hidden"] = hidden.detach() + 0.05 * torch.randn(B, T, H, generator=g)
+        inputs["ref_logprobs"] = gro_kernels.linear_logprobs_no_grad(inputs["ref_hidden"], weight.detach(), targets)
+    return inputs
+
+
+def naive_token_logprobs(x):
+    logits = x["hidden"] @ x["weight"].t()
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, x["targets"].unsqueeze(-1)).squeeze(-1)
+
+
+def naive_grpo_loss(x):
+    """GRPO (GRO_SPEC.md §3): clipped surrogate + beta * k3, seq_mean_token_mean, materialized logits."""
+    logp = naive_token_logprobs(x)
+    ratio = torch.exp(torch.clamp(logp - x["old_logprobs"], -20, 20))
+    adv = x["advantages"].unsqueeze(1)
+    surrogate = -torch.minimum(ratio * adv, torch.clamp(ratio, 1 - EPS, 1 + EPS) * adv)
+    d = logp - x["ref_logprobs"]
+    per_token = surrogate + GRPO_BETA * (torch.exp(-d) + d - 1)
+    m = x["mask"].float()
+    return ((per_token * m).sum(1) / m.sum(1).clamp(min=1)).mean()
+
+
+def naive_dpo_loss(x):
+    """DPO (GRO_SPEC.md §4) on masked sequence sums, materialized logits; row 0 chosen, row 1 rejected."""
+    m = x["mask"].float()
+    g = ((naive_token_logprobs(x) - x["ref_logprobs"]) * m).sum(1)
+    return -torch.nn.functional.logsigmoid(DPO_BETA * (g[0] - g[1]))
+
+
+# ---------------------------------------------------------------------------------------------- methods
+def _gro(x, suite, **options):
+    common = dict(mask=x["mask"], ref_logprobs=x["ref_logprobs"])
+    if suite == "grpo":
+        common.update(advantages=x["advantages"], old_logprobs=x["old_logprobs"], beta=GRPO_BETA)
+    else:
+        common.update(pair_ids=x["pair_ids"], chosen=x["chosen"], beta=DPO_BETA)
+    common.update(options)
+    return gro_kernels.gro_loss(x["hidden"], x["weight"], x["targets"], preset=suite, **common).loss
+
+
+def _liger(x, suite, compiled):
+    from liger_kernel.chunked_loss import LigerFusedLinearDPOLoss, LigerFusedLinearGRPOLoss
+
+    if suite == "grpo":
+        module = LigerFusedLinearGRPOLoss(beta=GRPO_BETA, compiled=compiled, epsilon_low=EPS, epsilon_high=EPS,
+                                          loss_type="grpo")
+        out = module(x["hidden"], x["weight"], x["targets"], x["mask"].long(), x["advantages"],
+                     ref_per_token_logps=x["ref_logprobs"], old_per_token_logps=x["old_logprobs"])
+    else:
+        # Liger's DPO has no given-reference-logprobs input: its reference is a streamed second head.
+        module = LigerFusedLinearDPOLoss(beta=DPO_BETA, compiled=compiled, use_ref_model=True)
+        targets = torch.where(x["mask"], x["targets"], -100)
+        out = module(x["weight"], x["hidden"], targets, ref_input=x["ref_hidden"], ref_weight=x["weight"].detach())
+    return out[0] if isinstance(out, tuple) else out
+
+
+def method_table(suite):
+    """name -> (description, fn(inputs) -> loss or None)."""
+    naive = naive_grpo_loss if suite == "grpo" else naive_dpo_loss
+    table = {"naive": ("naive materialized loss (autograd)", naive)}
+    if suite == "grpo":
+        table["gro_fused"] = ("gro_loss, grad-in-forward (3 GEMMs)", lambda x: _gro(x, suite, grad_in_forward=True))
+        table["gro_plain"] = ("gro_loss, plain path (4 GEMMs)", lambda x: _gro(x, suite, grad_in_forward=False))
+    else:
+        table["gro"] = ("gro_loss, ref logprobs given (4 GEMMs)", lambda x: _gro(x, suite))
+        table["gro_ref_head"] = ("gro_loss, reference streamed from ref_hidden (5 GEMMs)",
+                                 lambda x: _gro(x, suite, ref_logprobs=None, ref_hidden=x["ref_hidden"],
+                                                ref_weight=x["weight"].detach()))
+    if liger_available():
+        table["liger_eager"] = ("Liger-Kernel chunked loss, eager", lambda x: _liger(x, suite, compiled=False))
+        table["liger_compiled"] = ("Liger-Kernel chunked loss, compiled", lambda x: _liger(x, suite, compiled=True))
+    return table
+
+
+def liger_available():
+    try:
+        import liger_kernel.chunked_loss  # noqa: F401
+    except Exception:  # not installed, or incompatible with this torch/triton
+        return False
+    return True
+
+
+def bare_gemms(x, count):
+    """The GEMMs any fused method must run: logits, (recomputed logits), dhidden, dweight; preallocated outputs."""
+    h, w = x["hidden"].detach().reshape(-1, x["hidden"].shape[-1]), x["weight"].detach()
+    z = torch.empty(h.shape[0], w.shape[0])
+    dh, dw = torch.empty_like(h), torch.empty_like(w)
+
+    def run():
+        for _ in range(count - 2):
+            torch.mm(h, w.t(), out=z)
+        torch.mm(z, w, out=dh)
+        torch.mm(z.t(), h, out=dw)
+    return run
+
+
+def _step(fn, x):
+    x["hidden"].grad, x["weight"].grad = None, None
+    loss = fn(x)
+    loss.backward()
+    return float(loss.detach())
+
+
+def check_gradients(suite, seed=1):
+    """Before timing: gro-kernels' dhidden/dweight equal the naive loss's on a small shape of the suite."""
+    shape = dict(QUICK_SHAPES[suite], T=64, V=1000)
+    grads = {}
+    for name, fn in [("naive", naive_grpo_loss if suite == "grpo" else naive_dpo_loss)] + \
+            [(n, f) for n, (_, f) in method_table(suite).items() if n.startswith("gro")]:
+        x = make_inputs(suite, shape, seed)
+        _step(fn, x)
+        grads[name] = (x["hidden"].grad, x["weight"].grad)
+    for name, (dh, dw) in grads.items():
+        torch.testing.assert_close(dh, grads["naive"][0], rtol=1e-4, atol=1e-6, msg=f"{suite}/{name} dhidden")
+        torch.testing.assert_close(dw, grads["naive"][1], rtol=1e-4, atol=1e-6, msg=f"{suite}/{name} dweight")
+
+
+# ----------------------------------------------------------------------------------------- measurement
+def time_suite(suite, shape, repeats):
+    """Warm-up + loss check against the naive loss, then round-robin timed repeats. name -> (median s, loss)."""
+    x = make_inputs(suite, shape)
+    runs = {name: (lambda fn=fn: _step(fn, x)) for name, (_, fn) in method_table(suite).items()}
+    runs[BARE[suite]] = bare_gemms(x, 3 if suite == "grpo" else 4)
+    losses = {name: run() for name, run in runs.items()}
+    for name, value in losses.items():
+        if value is not None and abs(value - losses["naive"]) > 1e-4 * max(1.0, abs(losses["naive"])):
+            raise RuntimeError(f"{suite}: {name} loss {value} != naive loss {losses['naive']}")
+    times = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(t), losses[name]) for name, t in times.items()}
+
+
+def _status_bytes(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
+
+
+def extra_memory(suite, name, shape):
+    """Peak bytes of one fwd+bwd step above the RSS before it, minus dhidden and dweight (run in its own process)."""
+    x = make_inputs(suite, shape)
+    fn = method_table(suite)[name][1]
+    _step(fn, x)  # warm-up: compilation, thread pools, allocator caches
+    x["hidden"].grad, x["weight"].grad = None, None
+    grad_bytes = sum(t.numel() * t.element_size() for t in (x["hidden"], x["weight"]))
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = _status_bytes("VmRSS")
+    _step(fn, x)
+    return _status_bytes("VmHWM") - base - grad_bytes
+
+
+def memory_in_subprocess(suite, name, shape):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, "-m", "benchmarks.bench_losses", "--memory-worker", suite, name, "--shape", json.dumps(shape)]
+    out = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"memory worker {suite}/{name} failed:\n{out.stderr[-2000:]}")
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def run_suite(suite, shape, repeats):
+    """Rows (dicts) of one suite: time, extra memory, ratios to the bare GEMMs, naive and the best Liger."""
+    check_gradients(suite)
+    timed = time_suite(suite, shape, repeats)
+    table = method_table(suite)
+    bare = timed[BARE[suite]][0]
+    ours = "gro_fused" if suite == "grpo" else "gro"
+    rows = []
+    for name, (seconds, loss) in timed.items():
+        memory = None if name == BARE[suite] else memory_in_subprocess(suite, name, shape)
+        rows.append(dict(suite=suite, method=name, what=table[name][0] if name in table else "bare GEMMs only",
+                         tokens=shape["B"] * shape["T"], H=shape["H"], V=shape["V"], seconds=seconds,
+                         extra_mb=None if memory is None else memory / 2 ** 20, loss=loss,
+                         x_bare_gemms=seconds / bare, ours_speedup=seconds / timed[ours][0]))
+    return rows
+
+
+def environment():
+    return dict(torch=torch.__version__, python=platform.python_version(), cpu=platform.processor() or platform.machine(),
+                threads=torch.get_num_threads(), load_avg=os.getloadavg(), native=gro_kernels.native_status(),
+                liger=_liger_version())
+
+
+def _liger_version():
+    try:
+        from importlib.metadata import version
+
+        return version("liger-kernel")
+    except Exception:  # not installed
+        return None
+
+
+# ---------------------------------------------------------------------------------------------- output
+COLUMNS = ["suite", "method", "tokens", "H", "V", "seconds", "x_bare_gemms", "ours_speedup", "extra_mb", "loss", "what"]
+
+
+def format_table(rows):
+    fmt = lambda v: "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(fmt(r[c]) for c in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_csv(rows, path):
+    import csv
+
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows({c: r[c] for c in COLUMNS} for r in rows)
+
+
+def write_plot(rows, path):
+    """Per suite: time and extra peak memory of each method (bars). Skipped when matplotlib is absent."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    suites = sorted({r["suite"] for r in rows})
+    fig, axes = plt.subplots(len(suites), 2, figsize=(12, 3.5 * len(suites)), squeeze=False)
+    for i, suite in enumerate(suites):
+        sub = [r for r in rows if r["suite"] == suite]
+        names = [r["method"] for r in sub]
+        axes[i][0].barh(names, [r["seconds"] for r in sub])
+        axes[i][0].set_xlabel("fwd+bwd seconds (median)")
+        axes[i][0].set_title(f"{suite}: N={sub[0]['tokens']} H={sub[0]['H']} V={sub[0]['V']}, fp32")
+        mem = [r for r in sub if r["extra_mb"] is not None]
+        axes[i][1].barh([r["method"] for r in mem], [r["extra_mb"] for r in mem], color="tab:orange")
+        axes[i][1].set_xlabel("extra peak memory, MB (above inputs and grads)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def run(out_dir="bench_results", suites=("grpo", "dpo"), repeats=3, quick=False):
+    """Run the loss suites; write losses.csv, losses.png and losses.json into out_dir; return the rows."""
+    os.makedirs(out_dir, exist_ok=True)
+    shapes = QUICK_SHAPES if quick else SHAPES
+    env = dict(environment(), load_avg_start=os.getloadavg())
+    rows = [row for suite in suites for row in run_suite(suite, shapes[suite], repeats)]
+    env["load_avg_end"] = os.getloadavg()
+    write_csv(rows, os.path.join(out_dir, "losses.csv"))
+    write_plot(rows, os.path.join(out_dir, "losses.png"))
+    with open(os.path.join(out_dir, "losses.json"), "w") as f:
+        json.dump(dict(environment=env, rows=rows), f, indent=1)
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suites", default="grpo,dpo")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="small shapes (smoke run)")
+    parser.add_argument("--out", default="bench_results")
+    parser.add_argument("--memory-worker", nargs=2, metavar=("SUITE", "METHOD"), help=argparse.SUPPRESS)
+    parser.add_argument("--shape", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.memory_worker:
+        print(extra_memory(*args.memory_worker, json.loads(args.shape)))
+        return
+    rows = run(args.out, tuple(args.suites.split(",")), args.repeats, args.quick)
+    print(format_table(rows))
+    print(json.dumps(environment()))
+
+
+if __name__ == "__main__":
+    main()
