@@ -148,3 +148,18 @@ def test_public_api_autograd_and_no_grad_agree():
     _, _, ref_grads = _naive(hidden, weight, bias, targets, temp, grads, torch.float64)
     for got, ref in zip((h.grad, w.grad, b.grad), ref_grads):
         torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_triton_ops_pass_opcheck():
+    """The triton_op registrations (schema, autograd glue) are consistent. Fake-tensor tracing is not
+    checked here: under the interpreter wrap_triton runs the kernel instead of emitting its HOP."""
+    from gro_kernels.ops.linear_logprobs import function
+
+    fwd, bwd = function._triton_ops()
+    hidden, weight, bias, targets, temp, _, grads = _inputs("v_below_block", torch.float32)
+    h, w = hidden.requires_grad_(), weight.requires_grad_()
+    torch.library.opcheck(fwd, (h, w, bias, targets, temp, -100, True, 0, "triton"),
+                          test_utils=("test_schema", "test_autograd_registration"))
+    _, ent, lse = fwd(hidden.detach(), weight.detach(), bias, targets, temp, -100, True, 0, "triton")
+    torch.library.opcheck(bwd, (grads[0], grads[1], hidden.detach(), weight.detach(), bias, targets, lse, ent, temp,
+                                -100, 0, "triton", True, True, True), test_utils=("test_schema",))

@@ -5,6 +5,7 @@ targets, lse (and entropy when it has a gradient) and calls `gro::linear_logprob
 recomputes the logits chunk by chunk. Backends plug in below as (forward, backward) pairs.
 """
 
+import functools
 import os
 from typing import Optional
 
@@ -19,6 +20,16 @@ def _triton_pair():
     from . import triton_impl  # imported lazily: Triton is optional
 
     return triton_impl.forward, triton_impl.backward
+
+
+@functools.cache
+def _triton_ops():
+    """(fwd, bwd) torch.library.triton_ops of the Triton backend, so torch.compile traces into its
+    kernels; they share the custom ops' schema and autograd glue (registered on first use)."""
+    from . import triton_impl
+
+    triton_impl.fwd_op.register_autograd(_backward, setup_context=_setup_context)
+    return triton_impl.fwd_op, triton_impl.bwd_op
 
 
 def _kernels(backend: str):
@@ -110,9 +121,10 @@ def _backward(ctx, grad_logprobs, grad_entropy, _grad_lse):
     temperature, ignore_index, with_entropy, chunk_size, backend = ctx.options
     needs_hidden, needs_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     needs_bias = bias is not None and ctx.needs_input_grad[2]
-    dh, dw, db = linear_logprobs_bwd(grad_logprobs, grad_entropy if with_entropy else None, hidden, weight, bias,
-                                     targets, lse, entropy, temperature, ignore_index, chunk_size, backend,
-                                     needs_hidden, needs_weight, needs_bias)
+    bwd_op = _triton_ops()[1] if backend == "triton" else linear_logprobs_bwd
+    dh, dw, db = bwd_op(grad_logprobs, grad_entropy if with_entropy else None, hidden, weight, bias,
+                        targets, lse, entropy, temperature, ignore_index, chunk_size, backend,
+                        needs_hidden, needs_weight, needs_bias)
     return (dh if needs_hidden else None, dw if needs_weight else None, db if needs_bias else None,
             None, None, None, None, None, None)
 
@@ -128,6 +140,7 @@ def linear_logprobs(hidden, weight, bias, targets, *, temperature, ignore_index,
         return logprobs.float(), entropy.float()
     if chunk_size is None:
         chunk_size = chunked.default_chunk_size(hidden.shape[0], weight.shape[0])
-    logprobs, entropy, _ = linear_logprobs_fwd(hidden, weight, bias, targets, float(temperature), int(ignore_index),
-                                               bool(with_entropy), int(chunk_size), backend)
+    fwd_op = _triton_ops()[0] if backend == "triton" else linear_logprobs_fwd
+    logprobs, entropy, _ = fwd_op(hidden, weight, bias, targets, float(temperature), int(ignore_index),
+                                  bool(with_entropy), int(chunk_size), backend)
     return logprobs, entropy

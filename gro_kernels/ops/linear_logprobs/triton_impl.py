@@ -16,6 +16,7 @@ vocabulary tiles stay at the defaults, which fixes the forward's split layout).
 
 import functools
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import triton
@@ -145,6 +146,31 @@ def backward(grad_logprobs, grad_entropy, hidden, weight, bias, targets, lse, en
         return t.to(hidden.dtype) if needed else None
 
     return out(dh, needs_hidden), out(dw, needs_weight), out(db, needs_bias)
+
+
+@torch.library.triton_op("gro::linear_logprobs_triton_fwd", mutates_args=())
+def fwd_op(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], targets: torch.Tensor,
+           temperature: float, ignore_index: int, with_entropy: bool, chunk_size: int, backend: str
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """forward() as a triton_op: torch.compile traces into its kernels. Same schema as
+    gro::linear_logprobs_fwd so function.py reuses its autograd glue (backend is "triton")."""
+    return forward(hidden, weight, bias, targets, inv_temperature=1.0 / temperature, ignore_index=ignore_index,
+                   with_entropy=with_entropy, chunk_size=chunk_size)
+
+
+@torch.library.triton_op("gro::linear_logprobs_triton_bwd", mutates_args=())
+def bwd_op(grad_logprobs: torch.Tensor, grad_entropy: Optional[torch.Tensor], hidden: torch.Tensor,
+           weight: torch.Tensor, bias: Optional[torch.Tensor], targets: torch.Tensor, lse: torch.Tensor,
+           entropy: torch.Tensor, temperature: float, ignore_index: int, chunk_size: int, backend: str,
+           needs_hidden: bool, needs_weight: bool, needs_bias: bool
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """backward() as a triton_op, schema of gro::linear_logprobs_bwd; unneeded gradients are empty."""
+    grads = backward(grad_logprobs.float().contiguous(),
+                     None if grad_entropy is None else grad_entropy.float().contiguous(), hidden, weight, bias,
+                     targets, lse, entropy, inv_temperature=1.0 / temperature, ignore_index=ignore_index,
+                     chunk_size=chunk_size, needs_hidden=needs_hidden, needs_weight=needs_weight,
+                     needs_bias=needs_bias)
+    return tuple(g if g is not None else hidden.new_empty(0) for g in grads)
 
 
 def _launch(which, grid, args, flags, cfg):
