@@ -17,7 +17,7 @@ TARGETS = {"sm80": 80, "sm90": 90}
 def _specs():
     out = []
     for target, arch in TARGETS.items():
-        for dtype in (torch.bfloat16, torch.float16):
+        for dtype in (torch.bfloat16, torch.float16, torch.float32):
             for spec in lp_triton.compile_specs(target, dtype):
                 out.append(pytest.param(spec, arch, id=f"{spec.name}-sm{arch}"))
         for spec in policy_triton.compile_specs(target) + adv_triton.compile_specs(target):

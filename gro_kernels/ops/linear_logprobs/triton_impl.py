@@ -39,9 +39,13 @@ class TileConfig:
 # 8 warps; the forward's softmax temporaries and the backward's two [128, BLOCK_K] products fill
 # the rest, so 128x256 tiles spill. The backward keeps 128x128 (not 64x128): atomic traffic scales
 # with 1/BLOCK_N + 1/BLOCK_V, and BLOCK_K=32 is what keeps it spill-free on both targets.
+# fp32/fp64 inputs feed 4-byte dot operands: half the BLOCK_K keeps the same shared memory (the
+# sm_80 backward with BLOCK_K=32 would need 176 KB and spill).
 CONFIGS = {
-    "sm80": {"fwd": TileConfig(128, 128, 32, 8, 3), "bwd": TileConfig(128, 128, 32, 8, 2)},
-    "sm90": {"fwd": TileConfig(128, 128, 64, 8, 3), "bwd": TileConfig(128, 128, 32, 8, 2)},
+    "sm80": {"fwd": TileConfig(128, 128, 32, 8, 3), "bwd": TileConfig(128, 128, 32, 8, 2),
+             "fwd_fp32": TileConfig(128, 128, 16, 8, 3), "bwd_fp32": TileConfig(128, 128, 16, 8, 2)},
+    "sm90": {"fwd": TileConfig(128, 128, 64, 8, 3), "bwd": TileConfig(128, 128, 32, 8, 2),
+             "fwd_fp32": TileConfig(128, 128, 32, 8, 3), "bwd_fp32": TileConfig(128, 128, 32, 8, 2)},
     # The interpreter costs ~0.3 ms per program per loop step: few, small programs.
     "interpreter": {"fwd": TileConfig(16, 64, 32, 1, 1), "bwd": TileConfig(16, 64, 32, 1, 1)},
 }
@@ -63,6 +67,14 @@ def dot_in_fp32(dtype: torch.dtype) -> bool:
     """tl.dot operands in fp32 for fp32/fp64 inputs, and for bf16 under the interpreter (its bf16 is
     raw integers); otherwise the input dtype feeds the tensor cores with fp32 accumulation."""
     return dtype in (torch.float32, torch.float64) or (tc.interpreting() and dtype == torch.bfloat16)
+
+
+def tile_config(target: str, which: str, dtype: torch.dtype) -> TileConfig:
+    """Default tiles of kernel `which` ("fwd"/"bwd") on `target` for inputs of `dtype`."""
+    table = CONFIGS[target]
+    if dot_in_fp32(dtype) and f"{which}_fp32" in table:
+        return table[f"{which}_fp32"]
+    return table[which]
 
 
 def _allow_tf32(dtype: torch.dtype) -> bool:
@@ -103,7 +115,7 @@ def forward(hidden, weight, bias, targets, *, inv_temperature, ignore_index, wit
     entropy = torch.empty(n if with_entropy else 0, **f32)
     if n == 0:
         return logprobs, entropy, lse
-    cfg = CONFIGS[tc.target_key(hidden.device)]["fwd"]
+    cfg = tile_config(tc.target_key(hidden.device), "fwd", hidden.dtype)
     splits, per_split = vocab_splits(n, vocab, cfg, _sm_count(hidden.device))
     part = torch.empty(splits, 4, n, **f32)
     bias_arg = bias if bias is not None else hidden
@@ -130,7 +142,7 @@ def backward(grad_logprobs, grad_entropy, hidden, weight, bias, targets, lse, en
     dw = torch.zeros(weight.shape if needs_weight else (0, 0), **f32)
     db = torch.zeros(vocab if needs_bias else 0, **f32)
     if n > 0 and (needs_hidden or needs_weight or needs_bias):
-        cfg = CONFIGS[tc.target_key(hidden.device)]["bwd"]
+        cfg = tile_config(tc.target_key(hidden.device), "bwd", hidden.dtype)
         has_ge = grad_entropy is not None
         flags = dict(HAS_BIAS=bias is not None, HAS_GRAD_ENTROPY=has_ge, NEED_DH=needs_hidden, NEED_DW=needs_weight,
                      NEED_DB=needs_bias, BLOCK_N=cfg.block_n, BLOCK_V=cfg.block_v, GROUP_N=GROUP_N,
@@ -188,9 +200,9 @@ def _autotuned(which):
     configs = [triton.Config({"BLOCK_K": bk}, num_warps=w, num_stages=s)
                for bk in (32, 64) for w in (4, 8) for s in (2, 3, 4)]
     if which == "fwd":
-        return triton.autotune(configs, key=["hidden_dim", "vocab", "n_rows"])(k._fwd_kernel)
+        return triton.autotune(configs, key=["hidden_dim", "vocab"])(k._fwd_kernel)
     # Atomic accumulators must be re-zeroed between timed trials.
-    return triton.autotune(configs, key=["hidden_dim", "vocab", "n_rows"],
+    return triton.autotune(configs, key=["hidden_dim", "vocab"],
                            reset_to_zero=["dh_ptr", "dw_ptr", "db_ptr"])(k._bwd_kernel)
 
 
@@ -204,7 +216,7 @@ def compile_specs(target: str, dtype: torch.dtype = torch.bfloat16):
     every product with a stride is formed in int64 inside the kernels."""
     from ...triton_aot import KernelSpec
 
-    fwd, bwd = CONFIGS[target]["fwd"], CONFIGS[target]["bwd"]
+    fwd, bwd = tile_config(target, "fwd", dtype), tile_config(target, "bwd", dtype)
     t = _TORCH_TO_TRITON[dtype]
     dot32 = dot_in_fp32(dtype)
     fwd_types = dict(hidden_ptr=f"*{t}", weight_ptr=f"*{t}", bias_ptr=f"*{t}", targets_ptr="*i64", part_ptr="*fp32",
