@@ -28,7 +28,7 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
     if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
     _check_chunk_size(chunk_size)
-    resolved = _lp.resolve_backend(backend, hidden.device)
+    resolved = _lp.resolve_backend(backend, hidden.device, hidden_size=weight.shape[1])
     if v.checking_values():
         _check_target_range(targets, weight.shape[0], ignore_index)
     logprobs, entropy = _lp.linear_logprobs(hidden, weight, bias, targets, temperature=temperature,
@@ -45,12 +45,13 @@ def linear_logprobs_no_grad(hidden, weight, targets, bias=None, **options):
         return linear_logprobs(hidden, weight, targets, bias, **options)
 
 
-def selected_backend(device="cpu", backend: str = "auto") -> str:
-    """Which backend and epilogue `linear_logprobs` runs on `device`, e.g. "chunked/native-cpu"."""
+def selected_backend(device="cpu", backend: str = "auto", hidden_size: Optional[int] = None) -> str:
+    """Which backend and epilogue `linear_logprobs` runs on `device` (for weights with `hidden_size`
+    columns: "auto" on CUDA depends on it), e.g. "chunked/native-cpu"."""
     from . import _ext
 
     device = torch.device(device)
-    resolved = _lp.resolve_backend(backend, device)
+    resolved = _lp.resolve_backend(backend, device, hidden_size=hidden_size)
     if resolved == "chunked":
         return "chunked/" + (f"native-{device.type}" if _ext.native_available(device.type) else "torch")
     return resolved

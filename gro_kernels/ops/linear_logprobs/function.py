@@ -11,6 +11,7 @@ from typing import Optional
 
 import torch
 
+from ... import _ext
 from . import chunked, naive
 
 BACKENDS = ("auto", "naive", "chunked", "triton")
@@ -50,11 +51,22 @@ def triton_usable(device: torch.device) -> bool:
     return triton_impl.available()
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
+# On CUDA, "auto" takes the chunked backend (cuBLAS GEMMs + CUDA epilogue) from this hidden size up.
+# Roofline estimate, not a measurement (no GPU here): chunked pays ~38 bytes of HBM traffic per logit
+# (fwd + bwd) on top of 8*H FLOPs of cuBLAS GEMM per logit, i.e. an overhead of ~1400/H on H100 and
+# ~750/H on A100 (bf16). The fused Triton kernel avoids that traffic but runs its GEMMs below cuBLAS
+# speed and accumulates dhidden/dweight with atomics; at ~25-30% of GEMM time that breaks even
+# near H = 2500 (A100) to 4700 (H100). 4096 sits between; GRO_BACKEND overrides it.
+CHUNKED_MIN_HIDDEN_CUDA = 4096
+
+
+def resolve_backend(backend: str, device: torch.device, hidden_size: Optional[int] = None) -> str:
     """The concrete backend for `backend` on `device`: GRO_BACKEND overrides "auto".
 
-    auto: chunked on CPU (BLAS GEMM + native epilogue is the fastest measured CPU path);
-    triton on CUDA when Triton is importable, else chunked (cuBLAS + CUDA epilogue).
+    auto on CPU: chunked (BLAS GEMM + native epilogue is the fastest measured CPU path).
+    auto on CUDA: chunked when Triton is not usable; triton when the native CUDA epilogue is not
+    built (the torch epilogue makes several passes over each chunk); otherwise chunked for
+    hidden_size >= CHUNKED_MIN_HIDDEN_CUDA and triton below it (or when hidden_size is unknown).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -62,9 +74,13 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         backend = os.environ.get("GRO_BACKEND", "auto")
         if backend not in BACKENDS:
             raise ValueError(f"GRO_BACKEND must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        backend = "triton" if triton_usable(device) else "chunked"
-    return backend
+    if backend != "auto":
+        return backend
+    if not triton_usable(device):
+        return "chunked"
+    if not _ext.native_available(device.type):
+        return "triton"
+    return "chunked" if hidden_size is not None and hidden_size >= CHUNKED_MIN_HIDDEN_CUDA else "triton"
 
 
 @torch.library.custom_op("gro::linear_logprobs_fwd", mutates_args=())
