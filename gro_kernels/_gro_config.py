@@ -1,4 +1,4 @@
-"""gro_loss configuration: a preset (or GROConfig) plus keyword overrides in TRL/verl vocabulary,
+"""gro_loss configuration: a preset (or GROObjective) plus keyword overrides in TRL/verl vocabulary,
 validated; and the per-batch input checks that depend on the config."""
 
 import dataclasses
@@ -8,18 +8,18 @@ from . import _loss_checks as c
 from . import _validate as v
 from .ops.policy_loss.function import AGGREGATIONS, IS_LEVELS
 from .ops.policy_loss.token_terms import KL_ESTIMATORS, SURROGATES
-from .presets import GROConfig, get_preset
+from .presets import GROObjective, get_preset
 
 # TRL loss_type -> aggregation (dapo's global count comes from global_token_count when given).
 TRL_LOSS_TYPES = {"grpo": "seq_mean_token_mean", "bnpo": "token_mean", "dapo": "token_mean",
                   "dr_grpo": "seq_mean_token_sum_norm"}
 SCALE_REWARDS = {"group": "std", "batch": "batch_std", "none": "identity"}
 ROWS = ("online", "offline", "mixed")
-_FIELDS = {f.name for f in dataclasses.fields(GROConfig)} - {"name"}
+_FIELDS = {f.name for f in dataclasses.fields(GROObjective)} - {"name"}
 _ALIASES = ("beta", "epsilon", "loss_type", "scale_rewards")
 
 
-def _alias_overrides(base: GROConfig, overrides: dict) -> dict:
+def _alias_overrides(base: GROObjective, overrides: dict) -> dict:
     """Translate TRL names: beta, epsilon, loss_type, scale_rewards."""
     out = {k: val for k, val in overrides.items() if k not in _ALIASES and val is not None}
     beta = overrides.get("beta")
@@ -51,24 +51,24 @@ def _alias_overrides(base: GROConfig, overrides: dict) -> dict:
     return out
 
 
-def resolve_config(preset, config, overrides: dict) -> GROConfig:
-    """The GROConfig of this call: `config` or the named preset, with keyword overrides applied."""
+def resolve_config(preset, config, overrides: dict) -> GROObjective:
+    """The GROObjective of this call: `config` or the named preset, with keyword overrides applied."""
     if config is not None:
-        if not isinstance(config, GROConfig):
-            raise TypeError(f"config must be a GROConfig, got {type(config).__name__}")
+        if not isinstance(config, GROObjective):
+            raise TypeError(f"config must be a GROObjective, got {type(config).__name__}")
         base = config
     else:
         base = get_preset(preset)
     unknown = sorted(set(overrides) - _FIELDS - set(_ALIASES))
     if unknown:
-        raise TypeError(f"gro_loss got unexpected keyword argument(s) {unknown}; options are the GROConfig fields "
+        raise TypeError(f"gro_loss got unexpected keyword argument(s) {unknown}; options are the GROObjective fields "
                         f"{sorted(_FIELDS)}, the TRL names {list(_ALIASES)} and the batch inputs")
     cfg = dataclasses.replace(base, **_alias_overrides(base, overrides))
     _check_config(cfg)
     return cfg
 
 
-def _check_config(cfg: GROConfig):
+def _check_config(cfg: GROObjective):
     choices = {"rows": ROWS, "surrogate": SURROGATES, "importance_sampling_level": IS_LEVELS,
                "aggregation": AGGREGATIONS, "kl_estimator": KL_ESTIMATORS + ("exact",)}
     for name, allowed in choices.items():
@@ -92,7 +92,7 @@ def _check_config(cfg: GROConfig):
         v.require_positive_finite("tis_cap", cfg.tis_cap)
 
 
-def check_batch_inputs(cfg: GROConfig, inputs: dict, batch: int, shape, device):
+def check_batch_inputs(cfg: GROObjective, inputs: dict, batch: int, shape, device):
     """Shapes of every per-row / per-token input, and what the config requires to be present."""
     if inputs["advantages"] is not None:
         c.advantages_tensor(inputs["advantages"], batch, shape)

@@ -214,7 +214,7 @@ def gro_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
     """Hidden states [B, T, H] -> scalar GRO loss, never materializing [B*T, V] logits.
 
     preset: grpo, bnpo, dr_grpo, dapo, rloo, remax, reinforce_pp, ppo, gspo, cispo, dpo, ipo, simpo,
-    kto, cpl; or config=GROConfig(...) (score/anchor/magnitude, surrogate, KL, entropy, aggregation;
+    kto, cpl; or config=GROObjective(...) (score/anchor/magnitude, surrogate, KL, entropy, aggregation;
     rows="mixed" for batches with online and offline rows, told apart by online= [B] bool).
     Inputs (keyword): mask [B, T]; advantages [B] or [B, T], or rewards [B] with group_ids /
     group_size (baseline [B] for remax); old_logprobs, ref_logprobs, rollout_logprobs [B, T]; or

@@ -5,7 +5,7 @@ from typing import Optional
 import torch
 
 from . import functional as F
-from .presets import GROConfig
+from .presets import GROObjective
 
 
 class LinearLogprobs(torch.nn.Module):
@@ -27,7 +27,7 @@ class GROLoss(torch.nn.Module):
     GROLoss("dapo", beta=0.04, epsilon_high=0.28)(hidden, weight, targets, mask=mask, advantages=adv, ...)
     """
 
-    def __init__(self, preset: str = "grpo", *, config: Optional[GROConfig] = None, **options):
+    def __init__(self, preset: str = "grpo", *, config: Optional[GROObjective] = None, **options):
         super().__init__()
         self.preset, self.config, self.options = preset, config, options
 

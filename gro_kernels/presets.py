@@ -1,4 +1,4 @@
-"""GRO presets: every method as one frozen GROConfig (GRO_SPEC.md §5).
+"""GRO presets: every method as one frozen GROObjective (GRO_SPEC.md §5).
 
 Online rows (rewards + groups): weight = magnitude(score - anchor), through a surrogate.
   anchor/magnitude: group_mean/std (GRPO), group_mean/batch_std (GRPO, scale_rewards="batch"),
@@ -23,7 +23,7 @@ OFFLINE_LOSSES = {("implicit", "pair", "sigmoid"): "dpo", ("implicit", "pair", "
 
 
 @dataclass(frozen=True)
-class GROConfig:
+class GROObjective:
     """One GRO objective. rows: which rows a batch may hold ("online", "offline" or "mixed")."""
 
     name: str = "custom"
@@ -67,14 +67,14 @@ class GROConfig:
         """(group_advantages mode, scale_rewards) for the online anchor/magnitude pair."""
         key = (self.anchor, self.magnitude)
         if key not in ADVANTAGE_MODES:
-            raise ValueError(f"GROConfig anchor/magnitude {key} is not supported; supported: {sorted(ADVANTAGE_MODES)}")
+            raise ValueError(f"GROObjective anchor/magnitude {key} is not supported; supported: {sorted(ADVANTAGE_MODES)}")
         return ADVANTAGE_MODES[key]
 
     @property
     def offline_loss(self) -> str:
         key = (self.offline_score, self.offline_anchor, self.offline_phi)
         if key not in OFFLINE_LOSSES:
-            raise ValueError(f"GROConfig offline score/anchor/phi {key} is not supported; "
+            raise ValueError(f"GROObjective offline score/anchor/phi {key} is not supported; "
                              f"supported: {sorted(OFFLINE_LOSSES)}")
         return OFFLINE_LOSSES[key]
 
@@ -85,7 +85,7 @@ class GROConfig:
                 and self.kl_estimator != "exact")
 
 
-_GRPO = GROConfig(name="grpo")
+_GRPO = GROObjective(name="grpo")
 PRESETS = {
     "grpo": _GRPO,
     "bnpo": dataclasses.replace(_GRPO, name="bnpo", aggregation="token_mean"),
@@ -101,15 +101,15 @@ PRESETS = {
     "gspo": dataclasses.replace(_GRPO, name="gspo", importance_sampling_level="sequence", epsilon_low=3e-4,
                                 epsilon_high=4e-4),
     "cispo": dataclasses.replace(_GRPO, name="cispo", surrogate="cispo", epsilon_high=5.0, aggregation="token_mean"),
-    "dpo": GROConfig(name="dpo", rows="offline"),
-    "ipo": GROConfig(name="ipo", rows="offline", offline_phi="squared"),
-    "simpo": GROConfig(name="simpo", rows="offline", offline_score="length_normalized", preference_beta=2.0),
-    "kto": GROConfig(name="kto", rows="offline", offline_anchor="reference_point"),
-    "cpl": GROConfig(name="cpl", rows="offline", offline_score="discounted"),
+    "dpo": GROObjective(name="dpo", rows="offline"),
+    "ipo": GROObjective(name="ipo", rows="offline", offline_phi="squared"),
+    "simpo": GROObjective(name="simpo", rows="offline", offline_score="length_normalized", preference_beta=2.0),
+    "kto": GROObjective(name="kto", rows="offline", offline_anchor="reference_point"),
+    "cpl": GROObjective(name="cpl", rows="offline", offline_score="discounted"),
 }
 
 
-def get_preset(name: str) -> GROConfig:
+def get_preset(name: str) -> GROObjective:
     if not isinstance(name, str) or name not in PRESETS:
-        raise ValueError(f"preset must be one of {sorted(PRESETS)} (or pass config=GROConfig(...)), got {name!r}")
+        raise ValueError(f"preset must be one of {sorted(PRESETS)} (or pass config=GROObjective(...)), got {name!r}")
     return PRESETS[name]

@@ -253,7 +253,7 @@ def test_all_masked_batch_gives_zero_loss_and_zero_grad(preset, grad_in_forward)
 def test_mixed_online_offline_equals_weighted_sum_of_separate_calls():
     batch = make_batch(seed=8)
     hidden, weight, b, targets, mask, extra = batch
-    cfg = gro_kernels.GROConfig(name="grpo+dpo", rows="mixed", kl_coef=0.04, preference_beta=0.2)
+    cfg = gro_kernels.GROObjective(name="grpo+dpo", rows="mixed", kl_coef=0.04, preference_beta=0.2)
     online = torch.tensor([True, True, True, True, False, False])
     on_rows, off_rows = torch.arange(4), torch.arange(4, 6)
     pair_ids = torch.tensor([-1, -1, -1, -1, 5, 5])  # online rows' pair ids are ignored
@@ -309,7 +309,7 @@ def test_global_token_count_makes_half_batches_accumulate_exactly(grad_in_forwar
 def test_custom_config_and_module():
     batch = make_batch(seed=10)
     hidden, weight, b, targets, mask, extra = batch
-    cfg = gro_kernels.GROConfig(anchor="leave_one_out", magnitude="identity", surrogate="clip", dual_clip=3.0,
+    cfg = gro_kernels.GROObjective(anchor="leave_one_out", magnitude="identity", surrogate="clip", dual_clip=3.0,
                                 aggregation="seq_mean_token_sum", kl_coef=0.02, kl_estimator="k3_st")
     kw = dict(mask=mask, rewards=extra["rewards"].float(), group_ids=GROUP_IDS, old_logprobs=extra["old"].float(),
               ref_logprobs=extra["ref"].float())
