@@ -1,0 +1,180 @@
+"""GROConfig: the one place where trainer defaults live, plus loading from YAML/JSON with strict keys."""
+
+import dataclasses
+import difflib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+MODES = ("online", "iterative_dpo", "rejection_sampling", "hybrid")
+ONLINE_PRESETS = ("grpo", "bnpo", "dapo", "dr_grpo", "rloo", "remax", "reinforce_pp", "ppo", "gspo", "cispo")
+PAIR_PRESETS = ("dpo", "ipo")
+SCHEDULERS = ("constant", "linear", "cosine")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass
+class GROConfig:
+    """Every knob of the trainer. Unknown keys are rejected by `from_dict`, naming the key."""
+
+    # What to train (read by the CLI; the Python API takes the objects themselves).
+    model: str = "tiny-llama"          # "tiny-llama" (built from tiny_model, no download) or a local HF path
+    tiny_model: dict = field(default_factory=dict)   # LlamaConfig overrides for "tiny-llama"
+    task: str = "sort_digits"          # built-in demo task giving prompts and a reward (see tasks.py)
+    task_options: dict = field(default_factory=dict)
+    rewards: list = field(default_factory=list)      # "module:function" specs; empty = the task's reward
+    reward_weights: Optional[list] = None            # one weight per reward function (default all 1)
+    offline_file: Optional[str] = None               # hybrid: .jsonl/.json of offline records (CLI)
+
+    # Algorithm.
+    mode: str = "online"               # online | iterative_dpo | rejection_sampling | hybrid
+    preset: str = "grpo"               # GRO preset of the online part (dpo/ipo for iterative_dpo)
+    num_generations: int = 4           # G completions per prompt
+    prompts_per_step: int = 8
+    num_iterations: int = 1            # optimisation epochs over each rollout batch
+    micro_batch_size: int = 8          # sequences per forward/backward (pairs count two)
+    mini_batch_size: Optional[int] = None  # sequences per optimizer update; None = the whole rollout batch
+    beta: float = 0.0                  # KL coefficient (online) or DPO/IPO beta
+    epsilon: float = 0.2
+    epsilon_high: Optional[float] = None
+    loss_options: dict = field(default_factory=dict)  # extra keyword arguments for gro_loss
+    rejection_keep: int = 1            # rejection sampling: best k per prompt get weight 1
+    rejection_min_reward: Optional[float] = None      # ... and only if their reward reaches this
+    ref_refresh_steps: int = 1         # iterative DPO: steps per round (reference := policy each round)
+    offline_per_step: int = 4          # hybrid: offline records mixed into each batch
+    offline_preset: str = "dpo"        # hybrid: GRO preset of the offline rows
+
+    # Sampling.
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 16
+    max_prompt_length: int = 64
+    truncate_prompts: bool = True      # False: a prompt over max_prompt_length is an error
+
+    # Optimisation.
+    max_steps: int = 100
+    learning_rate: float = 1e-5
+    weight_decay: float = 0.0
+    adam_betas: tuple = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    max_grad_norm: Optional[float] = 1.0
+    lr_scheduler: str = "constant"     # constant | linear | cosine (after warmup)
+    warmup_steps: int = 0
+    loss_impl: str = "fused"           # fused | materialized (builds [tokens, V] logits; for comparison)
+
+    # Runtime, logging and checkpoints.
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    output_dir: str = "runs/gro"
+    metrics_file: str = "metrics.jsonl"
+    plot: bool = True
+    progress_bar: bool = True
+    save_steps: int = 50               # 0 disables periodic checkpoints (a final one is still written)
+    save_total_limit: int = 2          # keep the last k checkpoints
+    resume: bool = False               # continue from the newest checkpoint in output_dir
+
+    def __post_init__(self):
+        self.adam_betas = tuple(self.adam_betas)
+        _validate(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "GROConfig":
+        if not isinstance(data, dict):
+            raise TypeError(f"a GRO config must be a mapping, got {type(data).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in data:
+            if key not in names:
+                close = difflib.get_close_matches(str(key), names, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ValueError(f"unknown GRO config key '{key}'{hint}")
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["adam_betas"] = list(self.adam_betas)
+        return out
+
+    def replace(self, **changes) -> "GROConfig":
+        return GROConfig.from_dict({**self.to_dict(), **changes})
+
+
+def load_config(path, overrides: Optional[dict] = None) -> GROConfig:
+    """Read a GROConfig from a .yaml/.yml/.json file, then apply `overrides` (same strict keys)."""
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    elif path.suffix == ".json":
+        data = json.loads(text)
+    else:
+        raise ValueError(f"config file must end in .yaml, .yml or .json, got '{path.name}'")
+    if not isinstance(data, dict):
+        raise ValueError(f"config file '{path}' must hold a mapping at top level, got {type(data).__name__}")
+    return GROConfig.from_dict({**data, **(overrides or {})})
+
+
+def _validate(c: GROConfig):
+    _choice("mode", c.mode, MODES)
+    allowed = PAIR_PRESETS if c.mode == "iterative_dpo" else ONLINE_PRESETS
+    _choice("preset", c.preset, allowed, f" for mode '{c.mode}'")
+    if c.mode == "hybrid":
+        _choice("offline_preset", c.offline_preset, ("dpo", "ipo", "simpo", "kto", "cpl"))
+    _choice("lr_scheduler", c.lr_scheduler, SCHEDULERS)
+    _choice("dtype", c.dtype, DTYPES)
+    _choice("loss_impl", c.loss_impl, ("fused", "materialized"))
+    for name in ("num_generations", "prompts_per_step", "num_iterations", "micro_batch_size", "max_steps",
+                 "max_new_tokens", "max_prompt_length", "rejection_keep", "ref_refresh_steps", "save_total_limit"):
+        _int_at_least(name, getattr(c, name), 1)
+    for name in ("warmup_steps", "save_steps", "offline_per_step", "seed"):
+        _int_at_least(name, getattr(c, name), 0)
+    if c.mode in ("online", "hybrid") and c.preset != "remax" and c.num_generations < 2:
+        raise ValueError(f"num_generations must be >= 2 for preset '{c.preset}' (group baselines), "
+                         f"got {c.num_generations}")
+    if c.mode == "iterative_dpo" and c.num_generations < 2:
+        raise ValueError(f"num_generations must be >= 2 to form best/worst pairs, got {c.num_generations}")
+    if c.mode == "rejection_sampling" and c.rejection_keep > c.num_generations:
+        raise ValueError(f"rejection_keep ({c.rejection_keep}) must be <= num_generations ({c.num_generations})")
+    _positive("temperature", c.temperature)
+    _positive("learning_rate", c.learning_rate)
+    _positive("adam_eps", c.adam_eps)
+    if not 0.0 < c.top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {c.top_p}")
+    for name in ("beta", "epsilon", "weight_decay"):
+        _nonnegative(name, getattr(c, name))
+    if c.mini_batch_size is not None:
+        _int_at_least("mini_batch_size", c.mini_batch_size, 1)
+    if c.max_grad_norm is not None:
+        _positive("max_grad_norm", c.max_grad_norm)
+    if len(c.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in c.adam_betas):
+        raise ValueError(f"adam_betas must be two numbers in [0, 1), got {c.adam_betas}")
+    if c.reward_weights is not None:
+        if not all(isinstance(w, (int, float)) and math.isfinite(w) for w in c.reward_weights):
+            raise ValueError(f"reward_weights must be finite numbers, got {c.reward_weights}")
+    for name in ("tiny_model", "task_options", "loss_options"):
+        if not isinstance(getattr(c, name), dict):
+            raise TypeError(f"{name} must be a mapping, got {type(getattr(c, name)).__name__}")
+
+
+def _choice(name, value, allowed, suffix=""):
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}{suffix}, got '{value}'")
+
+
+def _int_at_least(name, value, low):
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+
+
+def _positive(name, value):
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def _nonnegative(name, value):
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")

@@ -1,0 +1,103 @@
+"""Per-step metrics: JSONL log, one-line summaries, peak memory, and the reward/KL plot."""
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+SUMMARY_KEYS = ("reward_mean", "reward_std", "kl", "loss", "grad_norm", "tokens_per_s")
+
+
+class MetricsLog:
+    """Appends one JSON object per step to `path` (the file survives resume: lines are only appended)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: dict):
+        clean = {k: _plain(v) for k, v in record.items()}
+        with self.path.open("a") as f:
+            f.write(json.dumps(clean) + "\n")
+
+    def read(self) -> list:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def truncate_after(self, step: int):
+        """On resume, drop records of steps after the checkpoint (they will be recomputed)."""
+        kept = [r for r in self.read() if r.get("step", 0) <= step]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
+def _plain(v):
+    if isinstance(v, torch.Tensor):
+        v = v.detach().float().item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
+def summary_line(record: dict) -> str:
+    parts = [f"step {record['step']}"]
+    for key in SUMMARY_KEYS:
+        if key in record and isinstance(record[key], (int, float)):
+            parts.append(f"{key} {record[key]:.4g}")
+    return " | ".join(parts)
+
+
+class PeakMemory:
+    """Peak memory over a region: CUDA allocator peak on GPU; on CPU the process RSS high-water mark,
+    reset through /proc/self/clear_refs (Linux). Returns MB, or None where it cannot be measured."""
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+
+    def reset(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+
+    def peak_mb(self):
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            return None
+        return None
+
+
+def plot_curves(records: list, path) -> Path:
+    """PNG of mean reward (with ±std band) and KL against step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in records]
+    reward = [r.get("reward_mean", float("nan")) for r in records]
+    std = [r.get("reward_std", 0.0) for r in records]
+    kl = [r.get("kl", float("nan")) if isinstance(r.get("kl"), (int, float)) else float("nan") for r in records]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax1.plot(steps, reward, color="tab:blue")
+    ax1.fill_between(steps, [m - s for m, s in zip(reward, std)], [m + s for m, s in zip(reward, std)],
+                     color="tab:blue", alpha=0.15)
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("reward (mean ± std)")
+    ax2.plot(steps, kl, color="tab:red")
+    ax2.set_xlabel("step")
+    ax2.set_ylabel("KL to reference")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,215 @@
+"""Between the trainer loop and gro_loss: which GRO config a run uses, what it needs (reference, old
+logprobs), advantages over the whole rollout batch, and micro-batches whose loss terms are normalized by
+the whole mini-batch, so that accumulating micro-batch gradients equals one step on the full batch.
+"""
+
+import dataclasses
+from typing import List, Optional
+
+import torch
+
+import gro_kernels
+from gro_kernels import GROObjective as ObjectiveConfig
+
+from . import policy
+
+PAIR_LOSSES = ("dpo", "ipo", "simpo", "cpl")
+REFERENCE_LOSSES = ("dpo", "ipo", "kto")
+SEQUENCE_AGGREGATIONS = ("seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm")
+ROW_KEYS = ("advantages", "online", "pair_ids", "chosen", "desirable")
+
+
+def preset_for(config) -> ObjectiveConfig:
+    """The GRO objective of a run: the preset, loss_options applied, mixed rows for hybrid."""
+    base = gro_kernels.PRESETS[config.preset]
+    fields = {f.name for f in dataclasses.fields(ObjectiveConfig)}
+    options = {k: v for k, v in config.loss_options.items() if k in fields}
+    if config.mode == "hybrid":
+        off = gro_kernels.PRESETS[config.offline_preset]
+        base = dataclasses.replace(base, name=f"{base.name}+{off.name}", rows="mixed",
+                                   offline_score=off.offline_score, offline_anchor=off.offline_anchor,
+                                   offline_phi=off.offline_phi, preference_beta=off.preference_beta,
+                                   kl_coef=config.beta)
+    elif base.rows == "online":
+        base = dataclasses.replace(base, kl_coef=config.beta)
+    else:
+        base = dataclasses.replace(base, preference_beta=config.beta if config.beta > 0 else base.preference_beta)
+    return dataclasses.replace(base, **options)
+
+
+def needs_reference(preset: ObjectiveConfig, config) -> bool:
+    if config.mode == "iterative_dpo":
+        return True
+    online = preset.has_online and preset.kl_coef > 0
+    offline = preset.has_offline and preset.offline_loss in REFERENCE_LOSSES
+    return online or offline
+
+
+def reference_for(model, ref_model, preset: ObjectiveConfig, config):
+    """The reference model, checked before the run starts (not mid-run)."""
+    if ref_model is not None:
+        policy.check_model(ref_model)
+        return ref_model
+    if config.mode == "iterative_dpo":
+        from .trainer import copy_as_reference
+
+        return copy_as_reference(model)  # refreshed from the policy at the start of every round
+    if needs_reference(preset, config):
+        why = f"beta={config.beta} (KL penalty)" if preset.has_online and preset.kl_coef > 0 else \
+            f"the '{preset.offline_loss}' implicit reward"
+        raise ValueError(f"preset '{preset.name}' needs a reference model for {why}, but ref_model is None; "
+                         f"pass ref_model (e.g. a frozen copy of the initial policy)"
+                         + (" or set beta: 0" if preset.has_online and preset.kl_coef > 0 else ""))
+    return None
+
+
+def needs_old(preset: ObjectiveConfig, config) -> bool:
+    """Old logprobs are needed once the policy moves within a rollout batch, or for REINFORCE++'s KL return."""
+    if not preset.has_online:
+        return False
+    several = config.num_iterations > 1 or config.mini_batch_size is not None
+    return several or (preset.kl_in_reward and preset.kl_coef > 0)
+
+
+def offline_records(data, config) -> Optional[list]:
+    if config.mode != "hybrid":
+        if data is not None:
+            raise ValueError(f"offline_data is only used by mode 'hybrid', not '{config.mode}'")
+        return None
+    if not data:
+        raise ValueError("mode 'hybrid' needs offline_data (preference pairs or labelled responses)")
+    pairs = config.offline_preset in PAIR_LOSSES
+    need = ("prompt", "chosen", "rejected") if pairs else ("prompt", "completion", "label")
+    for i, rec in enumerate(data):
+        missing = [k for k in need if not isinstance(rec, dict) or k not in rec]
+        if missing:
+            raise ValueError(f"offline_data[{i}] lacks {missing}; offline_preset '{config.offline_preset}' needs "
+                             f"records with keys {list(need)}")
+    return list(data)
+
+
+def prepare(tr, batch):
+    """Advantages of the online rows over the whole rollout batch (groups are never split), and KTO's z0."""
+    rows, preset = batch.rows, tr.preset
+    if "rewards" in rows:
+        mode, scale = preset.advantage_mode
+        scale = tr.config.loss_options.get("scale_rewards", scale)
+        online = rows.get("online")
+        rewards, ids = rows["rewards"], rows["group_ids"]
+        kwargs = {}
+        if mode == "reinforce_pp":
+            kl = None
+            if preset.kl_coef > 0 and preset.kl_in_reward:
+                kl = gro_kernels.kl_penalty(batch.old_logprobs, batch.ref_logprobs, estimator="k1")
+            mask = batch.rollout.completion_mask.bool()
+            if online is not None:
+                mask = mask & online[:, None]
+            kwargs = dict(mask=mask, token_kl=kl, kl_coef=preset.kl_coef)
+        elif mode == "remax":
+            kwargs = dict(baseline=rows["baseline"])
+        adv = gro_kernels.group_advantages(rewards, group_ids=ids, mode=mode, scale_rewards=scale, **kwargs)
+        if online is not None:
+            adv = torch.where(online if adv.dim() == 1 else online[:, None], adv, 0.0)
+        rows["advantages"] = adv
+        batch.stats["advantage_std"] = float(adv[online].std() if online is not None else adv.std())
+    if preset.has_offline and preset.offline_loss == "kto":
+        off = ~rows["online"]
+        g = ((batch.old_logprobs - batch.ref_logprobs) * batch.rollout.completion_mask).sum(1)
+        rows["kto_z0"] = g[off].mean().clamp(min=0.0)
+
+
+def mini_batches(batch, config) -> List[List[int]]:
+    """Units (single rows, or the two rows of a pair) packed in order into mini-batches of at most
+    mini_batch_size rows (a unit larger than the limit gets its own mini-batch)."""
+    return _pack(batch.units, config.mini_batch_size or batch.num_rows)
+
+
+def micro_batches(batch, mini: List[int], size: int) -> List[List[int]]:
+    inside = set(mini)
+    return _pack([u for u in batch.units if u[0] in inside], size)
+
+
+def _pack(units, limit) -> List[List[int]]:
+    out, cur = [], []
+    for unit in units:
+        if cur and len(cur) + len(unit) > limit:
+            out.append(cur)
+            cur = []
+        cur += unit
+    if cur:
+        out.append(cur)
+    return out
+
+
+def normalizers(batch, mini: List[int], preset: ObjectiveConfig) -> dict:
+    """Denominators of the whole mini-batch: online rows and tokens, offline rows (pairs count two)."""
+    idx = torch.tensor(mini)
+    online = batch.rows.get("online")
+    on = torch.full((len(mini),), preset.has_online) if online is None else online[idx]
+    tokens = (batch.rollout.completion_mask[idx] * on[:, None].float()).sum()
+    return {"online_rows": int(on.sum()), "online_tokens": float(tokens), "offline_rows": int((~on).sum())}
+
+
+def micro_loss(tr, batch, rows: List[int], norms: dict):
+    """gro_loss on the rows of one micro-batch, weighted so the sum over micro-batches is the mini-batch loss."""
+    c, preset, r = tr.config, tr.preset, batch.rollout
+    idx = torch.tensor(rows, device=r.input_ids.device)
+    h = policy.head_inputs(tr.model, r.input_ids[idx], r.attention_mask[idx], r.completion_mask[idx], r.prompt_width)
+    inputs = {k: batch.rows[k][idx] for k in ROW_KEYS if k in batch.rows}
+    if "kto_z0" in batch.rows:
+        inputs["kto_z0"] = batch.rows["kto_z0"]
+    for name, t in (("old_logprobs", batch.old_logprobs), ("ref_logprobs", batch.ref_logprobs)):
+        if t is not None:
+            inputs[name] = t[idx]
+    on = inputs["online"] if "online" in inputs else torch.full((len(rows),), preset.has_online)
+    weights = {}
+    if preset.has_online:
+        inputs.update(num_sequences=max(norms["online_rows"], 1), global_token_count=max(norms["online_tokens"], 1.0),
+                      max_completion_length=r.completion_mask.shape[1])
+        if preset.rows == "mixed" and preset.aggregation in SEQUENCE_AGGREGATIONS:
+            weights["online_weight"] = int(on.sum()) / max(norms["online_rows"], 1)  # its seq mean is per call
+    if preset.has_offline:
+        weights["offline_weight"] = int((~on).sum()) / max(norms["offline_rows"], 1)  # pair/row mean per call
+    backend = "naive" if c.loss_impl == "materialized" else "auto"
+    out = gro_kernels.gro_loss(h.hidden, h.weight, h.targets, h.bias, config=preset, mask=r.completion_mask[idx],
+                               temperature=c.temperature, ignore_index=policy.IGNORE_INDEX, return_entropy=True,
+                               backend=backend, **weights, **inputs)
+    if "kl" not in out.metrics and "ref_logprobs" in inputs:  # preference presets report no KL of their own
+        m = r.completion_mask[idx]
+        k3 = gro_kernels.kl_penalty(out.logprobs, inputs["ref_logprobs"], estimator="k3")
+        out.metrics["kl"] = (k3 * m).sum() / m.sum().clamp(min=1.0)
+        out.metrics["num_tokens"] = m.sum()
+    return out, weights
+
+
+TOKEN_METRICS = ("ratio", "clip_ratio_low", "clip_ratio_high", "clip_ratio", "kl", "entropy")
+
+
+def accumulate(sums: dict, result, weights: dict):
+    """Add one micro-batch: token-mean metrics weighted by their token counts; the online loss part and the
+    per-row preference metrics by the micro-batch weights, so they add up to mini-batch values."""
+    metrics = {k: float(v) for k, v in result.metrics.items()}
+    tokens = metrics.pop("num_tokens", 0.0)
+    _add(sums, "loss", float(result.loss.detach()))
+    for k, v in metrics.items():
+        if k in TOKEN_METRICS:
+            _add(sums, k, v * tokens)
+            _add(sums, "_w_" + k, tokens)
+        elif k == "loss_online":
+            _add(sums, k, v * weights.get("online_weight", 1.0))
+        else:
+            _add(sums, k, v * weights.get("offline_weight", 1.0))
+
+
+def _add(sums, key, value):
+    sums[key] = sums.get(key, 0.0) + value
+
+
+def average(sums: dict, updates: int) -> dict:
+    """Per-update means; token metrics divided by their total token weight."""
+    out = {}
+    for k, v in sums.items():
+        if k.startswith("_w_"):
+            continue
+        out[k] = v / max(sums["_w_" + k], 1.0) if "_w_" + k in sums else v / max(updates, 1)
+    return out
