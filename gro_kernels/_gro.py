@@ -131,12 +131,19 @@ def _exact_kl_term(cfg, inputs, hidden, weight, bias, m_on, scale, opts):
         raise ValueError(f"kl_estimator='exact' needs ref_hidden= (and ref_weight=, else the policy head is used)")
     ref_weight = weight if inputs["ref_weight"] is None else inputs["ref_weight"]
     kl = F.exact_kl(hidden, weight, inputs["ref_hidden"], ref_weight, bias=bias, ref_bias=inputs["ref_bias"],
-                    mask=m_on, temperature=opts["temperature"], chunk_size=opts["chunk_size"])
+                    mask=m_on, temperature=opts["temperature"], chunk_size=opts["chunk_size"],
+                    process_group=opts["process_group"], vocab_start=opts["vocab_start"])
     count = m_on.sum().to(torch.float32).clamp(min=1.0)
     return cfg.kl_coef * (kl * scale).sum(), kl.detach().sum() / count
 
 
 def _use_fused(cfg, grad_in_forward, inputs, opts):
+    if opts["process_group"] is not None:
+        # A vocabulary-sharded head: the fused op has no cross-rank combine; the plain path is exact.
+        if grad_in_forward:
+            raise ValueError("grad_in_forward=True is not supported with process_group= (vocabulary-sharded "
+                             "head); leave it unset or pass grad_in_forward=False")
+        return False
     if grad_in_forward is False or not cfg.token_separable or opts["backend"] not in ("auto", "chunked"):
         return False
     if F.selected_backend(inputs["device"], opts["backend"]).split("/")[0] != "chunked":
@@ -167,7 +174,7 @@ def _online_fused(hidden, weight, bias, targets, adv, scale, m_on, inputs, ref, 
 
 def gro_loss(hidden, weight, targets, bias=None, *, preset="grpo", config=None, mask=None, online=None,
              grad_in_forward=None, online_weight=1.0, offline_weight=1.0, return_entropy=False, temperature=1.0,
-             ignore_index=-100, backend="auto", chunk_size=None, **kwargs):
+             ignore_index=-100, backend="auto", chunk_size=None, process_group=None, vocab_start=None, **kwargs):
     """See functional.gro_loss."""
     inputs, overrides = _split_kwargs(kwargs)
     cfg = resolve_config(preset, config, overrides)
@@ -178,7 +185,8 @@ def gro_loss(hidden, weight, targets, bias=None, *, preset="grpo", config=None, 
     batch, shape, device = targets.shape[0], tuple(targets.shape), hidden.device
     inputs["device"] = device
     check_batch_inputs(cfg, inputs, batch, shape, device)
-    opts = dict(temperature=temperature, ignore_index=ignore_index, backend=backend, chunk_size=chunk_size)
+    opts = dict(temperature=temperature, ignore_index=ignore_index, backend=backend, chunk_size=chunk_size,
+                process_group=process_group, vocab_start=vocab_start)
     m = (targets != ignore_index)
     if mask is not None:
         m = m & c.bool_tensor("mask", mask, shape).to(device)

@@ -12,7 +12,8 @@ from .ops.linear_logprobs import function as _lp
 
 def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                     bias: Optional[torch.Tensor] = None, *, temperature: float = 1.0, ignore_index: int = -100,
-                    return_entropy: bool = False, backend: str = "auto", chunk_size: Optional[int] = None):
+                    return_entropy: bool = False, backend: str = "auto", chunk_size: Optional[int] = None,
+                    process_group=None, vocab_start: Optional[int] = None):
     """Log-probabilities of `targets` under softmax((hidden @ weight.T + bias) / temperature).
 
     Never materializes the [N, V] logits (except backend="naive"). Differentiable w.r.t. hidden,
@@ -22,7 +23,18 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
     [B, T] int64 (`ignore_index` rows give 0 and zero gradient); bias [V] or None.
     Returns logprobs (fp32, the leading shape of hidden), and (logprobs, entropy) with return_entropy.
     backend: "auto" | "chunked" | "triton" | "naive" (GRO_BACKEND overrides "auto").
+    Vocabulary-parallel head: process_group=pg, vocab_start=s, with weight [V_r, H] (bias [V_r]) the rows
+    [s, s + V_r) of the head on this rank (contiguous shards tiling [0, V), uneven allowed); targets are
+    global ids; hidden, targets and the loss downstream are the same on every rank. Every rank gets the
+    full-vocabulary logprobs/entropy, its own dweight shard and the full dhidden.
     """
+    if process_group is not None or vocab_start is not None:
+        from . import _vocab_parallel_api
+
+        return _vocab_parallel_api.linear_logprobs(
+            hidden, weight, targets, bias, process_group=process_group, vocab_start=vocab_start,
+            temperature=temperature, ignore_index=ignore_index, return_entropy=return_entropy, backend=backend,
+            chunk_size=chunk_size)
     hidden, weight, targets, bias, lead_shape = _check_linear_inputs(hidden, weight, targets, bias)
     v.require_positive_finite("temperature", temperature)
     if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
@@ -86,7 +98,8 @@ def _check_chunk_size(chunk_size):
 
 def exact_kl(hidden: torch.Tensor, weight: torch.Tensor, ref_hidden: torch.Tensor, ref_weight: torch.Tensor, *,
              bias: Optional[torch.Tensor] = None, ref_bias: Optional[torch.Tensor] = None,
-             mask: Optional[torch.Tensor] = None, temperature: float = 1.0, chunk_size: Optional[int] = None):
+             mask: Optional[torch.Tensor] = None, temperature: float = 1.0, chunk_size: Optional[int] = None,
+             process_group=None, vocab_start: Optional[int] = None):
     """Exact per-token KL(pi || pi_ref) over the whole vocabulary, streaming both LM heads.
 
     pi = softmax((hidden @ weight.T + bias) / temperature), pi_ref the same with the reference head.
@@ -98,7 +111,24 @@ def exact_kl(hidden: torch.Tensor, weight: torch.Tensor, ref_hidden: torch.Tenso
     H' may differ from H); ref_weight [V, H']; bias / ref_bias [V] or None; all one float dtype and
     device. mask: bool of the leading shape (False rows give KL 0 and zero gradient) or None.
     Returns KL in fp32 with the leading shape of hidden.
+    process_group / vocab_start: both heads sharded over the vocabulary the same way (weight [V_r, H],
+    ref_weight [V_r, H'], rows [vocab_start, vocab_start + V_r)), as for linear_logprobs.
     """
+    if process_group is not None or vocab_start is not None:
+        from . import _vocab_parallel_api
+
+        return _vocab_parallel_api.exact_kl(hidden, weight, ref_hidden, ref_weight, bias=bias, ref_bias=ref_bias,
+                                            mask=mask, temperature=temperature, chunk_size=chunk_size,
+                                            process_group=process_group, vocab_start=vocab_start)
+    hidden, weight, bias, ref_hidden, ref_weight, ref_bias, mask, lead_shape = _check_kl_inputs(
+        hidden, weight, ref_hidden, ref_weight, bias, ref_bias, mask, temperature, chunk_size)
+    kl = _kl.exact_kl(hidden, weight, bias, ref_hidden, ref_weight, ref_bias, mask, temperature=temperature,
+                      chunk_size=chunk_size)
+    return kl.reshape(lead_shape)
+
+
+def _check_kl_inputs(hidden, weight, ref_hidden, ref_weight, bias, ref_bias, mask, temperature, chunk_size):
+    """exact_kl's checks; returns the flattened tensors and the leading shape."""
     hidden, weight, bias, lead_shape = _check_head("hidden", hidden, "weight", weight, "bias", bias)
     ref_hidden, ref_weight, ref_bias, _ = _check_head("ref_hidden", ref_hidden, "ref_weight", ref_weight,
                                                       "ref_bias", ref_bias, like=(lead_shape, hidden, weight))
@@ -110,9 +140,7 @@ def exact_kl(hidden: torch.Tensor, weight: torch.Tensor, ref_hidden: torch.Tenso
         mask = mask.reshape(-1).contiguous()
     v.require_positive_finite("temperature", temperature)
     _check_chunk_size(chunk_size)
-    kl = _kl.exact_kl(hidden, weight, bias, ref_hidden, ref_weight, ref_bias, mask, temperature=temperature,
-                      chunk_size=chunk_size)
-    return kl.reshape(lead_shape)
+    return hidden, weight, bias, ref_hidden, ref_weight, ref_bias, mask, lead_shape
 
 
 def _check_head(h_name, hidden, w_name, weight, b_name, bias, like=None):
@@ -226,6 +254,9 @@ def gro_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
     label_smoothing, simpo_gamma, cpl_lambda, desirable_weight, undesirable_weight, online_weight,
     offline_weight, grad_in_forward (default on for token-separable presets; False for sharded heads),
     return_entropy, temperature, ignore_index, backend, chunk_size.
+    Vocabulary-parallel head: process_group=pg, vocab_start=s with weight (and ref_weight) the rows
+    [s, s + V_r) of the head on this rank, everything else replicated (see linear_logprobs); the loss is
+    the full-vocabulary one on every rank, and grad_in_forward stays off.
     Returns GROOutput(loss 0-d fp32, metrics dict of 0-d fp32 tensors, logprobs [B, T] fp32 detached,
     entropy [B, T] or None).
     """

@@ -21,12 +21,13 @@ void check_targets_in_range(const at::Tensor& targets, int64_t vocab, int64_t ig
 
 void logprob_forward_cpu(const at::Tensor& logits, const at::Tensor& targets, double inv_temperature,
                          int64_t ignore_index, const at::Tensor& logprob, const at::Tensor& lse,
-                         const std::optional<at::Tensor>& entropy) {
+                         const std::optional<at::Tensor>& entropy, bool vocab_shard) {
   gro::check_logits_chunk(logits, targets, c10::DeviceType::CPU);
   gro::check_row_vector(logprob, logits, "logprob");
   gro::check_row_vector(lse, logits, "lse");
   if (entropy.has_value()) gro::check_row_vector(*entropy, logits, "entropy");
-  check_targets_in_range(targets, logits.size(1), ignore_index);
+  // On a vocabulary shard, ids outside [0, vocab) are other shards' tokens (the kernel reads no logit for them).
+  if (!vocab_shard) check_targets_in_range(targets, logits.size(1), ignore_index);
   gro::cpu::logprob_forward(logits.data_ptr<float>(), logits.size(0), logits.size(1), logits.stride(0),
                             targets.data_ptr<int64_t>(), static_cast<float>(inv_temperature), ignore_index,
                             logprob.data_ptr<float>(), entropy.has_value() ? entropy->data_ptr<float>() : nullptr,
@@ -35,7 +36,7 @@ void logprob_forward_cpu(const at::Tensor& logits, const at::Tensor& targets, do
 
 void logit_grad_cpu(const at::Tensor& logits, const at::Tensor& targets, double inv_temperature, int64_t ignore_index,
                     const at::Tensor& lse, const std::optional<at::Tensor>& entropy, const at::Tensor& grad_logprob,
-                    const std::optional<at::Tensor>& grad_entropy) {
+                    const std::optional<at::Tensor>& grad_entropy, bool vocab_shard) {
   gro::check_logits_chunk(logits, targets, c10::DeviceType::CPU);
   gro::check_row_vector(lse, logits, "lse");
   gro::check_row_vector(grad_logprob, logits, "grad_logprob");
@@ -45,7 +46,7 @@ void logit_grad_cpu(const at::Tensor& logits, const at::Tensor& targets, double 
     gro::check_row_vector(*grad_entropy, logits, "grad_entropy");
     gro::check_row_vector(*entropy, logits, "entropy");
   }
-  check_targets_in_range(targets, logits.size(1), ignore_index);
+  if (!vocab_shard) check_targets_in_range(targets, logits.size(1), ignore_index);
   gro::cpu::logit_grad_inplace(logits.data_ptr<float>(), logits.size(0), logits.size(1), logits.stride(0),
                                targets.data_ptr<int64_t>(), static_cast<float>(inv_temperature), ignore_index,
                                lse.data_ptr<float>(), entropy.has_value() ? entropy->data_ptr<float>() : nullptr,

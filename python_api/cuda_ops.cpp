@@ -2,8 +2,9 @@
 // csrc/cuda on the current stream of the tensors' device.
 //
 // Unlike the CPU ops, nothing here reads device memory on the host (no syncs): a target id outside
-// [0, vocab) gives NaN outputs for its row, and malformed group offsets give NaN advantages (see the
-// csrc/cuda headers). The public Python API validates both eagerly before calling these ops.
+// [0, vocab) gives NaN outputs for its row (unless the chunk is a vocabulary shard), and malformed
+// group offsets give NaN advantages (see the csrc/cuda headers). The public Python API validates both
+// eagerly before calling these ops.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -29,7 +30,7 @@ void check_chunk_fits_grid(const at::Tensor& logits) {
 
 void logprob_forward_cuda(const at::Tensor& logits, const at::Tensor& targets, double inv_temperature,
                           int64_t ignore_index, const at::Tensor& logprob, const at::Tensor& lse,
-                          const std::optional<at::Tensor>& entropy) {
+                          const std::optional<at::Tensor>& entropy, bool vocab_shard) {
   gro::check_logits_chunk(logits, targets, c10::DeviceType::CUDA);
   gro::check_row_vector(logprob, logits, "logprob");
   gro::check_row_vector(lse, logits, "lse");
@@ -41,14 +42,15 @@ void logprob_forward_cuda(const at::Tensor& logits, const at::Tensor& targets, d
   at::Tensor workspace = at::empty({gro::cuda::forward_workspace_floats(rows, vocab)}, logits.options());
   C10_CUDA_CHECK(gro::cuda::logprob_forward(
       logits.data_ptr<float>(), rows, vocab, logits.stride(0), targets.data_ptr<int64_t>(),
-      static_cast<float>(inv_temperature), ignore_index, logprob.data_ptr<float>(),
+      static_cast<float>(inv_temperature), ignore_index, vocab_shard, logprob.data_ptr<float>(),
       entropy.has_value() ? entropy->data_ptr<float>() : nullptr, lse.data_ptr<float>(), workspace.data_ptr<float>(),
       c10::cuda::getCurrentCUDAStream().stream()));
 }
 
 void logit_grad_cuda(const at::Tensor& logits, const at::Tensor& targets, double inv_temperature,
                      int64_t ignore_index, const at::Tensor& lse, const std::optional<at::Tensor>& entropy,
-                     const at::Tensor& grad_logprob, const std::optional<at::Tensor>& grad_entropy) {
+                     const at::Tensor& grad_logprob, const std::optional<at::Tensor>& grad_entropy,
+                     bool vocab_shard) {
   gro::check_logits_chunk(logits, targets, c10::DeviceType::CUDA);
   gro::check_row_vector(lse, logits, "lse");
   gro::check_row_vector(grad_logprob, logits, "grad_logprob");
@@ -62,7 +64,7 @@ void logit_grad_cuda(const at::Tensor& logits, const at::Tensor& targets, double
   const c10::cuda::CUDAGuard guard(logits.device());
   C10_CUDA_CHECK(gro::cuda::logit_grad_inplace(
       logits.data_ptr<float>(), logits.size(0), logits.size(1), logits.stride(0), targets.data_ptr<int64_t>(),
-      static_cast<float>(inv_temperature), ignore_index, lse.data_ptr<float>(),
+      static_cast<float>(inv_temperature), ignore_index, vocab_shard, lse.data_ptr<float>(),
       entropy.has_value() ? entropy->data_ptr<float>() : nullptr, grad_logprob.data_ptr<float>(),
       grad_entropy.has_value() ? grad_entropy->data_ptr<float>() : nullptr,
       c10::cuda::getCurrentCUDAStream().stream()));

@@ -9,13 +9,16 @@
 
 TORCH_LIBRARY(gro_C, m) {
   // Chunk epilogue, forward: lse, target logprob and (optionally) entropy per row of `logits`.
+  // vocab_shard: `logits` are one vocabulary shard; a target outside [0, vocab) that is not
+  // ignore_index is another shard's token (logprob 0; lse and entropy of the shard still written).
   m.def(
       "logprob_forward(Tensor logits, Tensor targets, float inv_temperature, int ignore_index, "
-      "Tensor(a!) logprob, Tensor(b!) lse, Tensor(c!)? entropy) -> ()");
-  // Chunk epilogue, backward: overwrite `logits` with dLoss/dlogits.
+      "Tensor(a!) logprob, Tensor(b!) lse, Tensor(c!)? entropy, bool vocab_shard=False) -> ()");
+  // Chunk epilogue, backward: overwrite `logits` with dLoss/dlogits. vocab_shard: lse and entropy are
+  // the full vocabulary's, and rows whose target is another shard's get no one-hot term.
   m.def(
       "logit_grad_(Tensor(a!) logits, Tensor targets, float inv_temperature, int ignore_index, "
-      "Tensor lse, Tensor? entropy, Tensor grad_logprob, Tensor? grad_entropy) -> ()");
+      "Tensor lse, Tensor? entropy, Tensor grad_logprob, Tensor? grad_entropy, bool vocab_shard=False) -> ()");
   // Segmented group advantages (GRO_SPEC.md §2): rewards [B] fp32 sorted by group, group g is
   // rewards[offsets[g]:offsets[g+1]]; mode is 'grpo', 'dr_grpo' or 'rloo'. Returns fp32 [B].
   m.def("group_advantages(Tensor rewards, Tensor offsets, str mode, float eps) -> Tensor");

@@ -62,7 +62,8 @@ void logprob_forward(const float* logits, int64_t rows, int64_t vocab, int64_t l
     lse[r] = row_lse_value;
     const int64_t y = targets[r];
     const bool ignored = y == ignore_index;
-    logprob[r] = ignored ? 0.0f : z[y] * inv_temperature - row_lse_value;
+    const bool here = !ignored && y >= 0 && y < vocab;  // false: another vocabulary shard's token
+    logprob[r] = here ? z[y] * inv_temperature - row_lse_value : 0.0f;
     if (entropy != nullptr) entropy[r] = ignored ? 0.0f : row_entropy(s);
   }
 }
@@ -87,7 +88,7 @@ void logit_grad_inplace(float* logits, int64_t rows, int64_t vocab, int64_t ld, 
     for (int64_t v = 0; v < vocab; ++v) {
       z[v] = logit_grad(z[v], inv_temperature, row_lse_value, gl, gh, h);
     }
-    z[y] += logit_grad_target_extra(inv_temperature, gl);
+    if (y >= 0 && y < vocab) z[y] += logit_grad_target_extra(inv_temperature, gl);
   }
 }
 

@@ -132,12 +132,13 @@ __global__ void __launch_bounds__(THREADS)
 }
 
 // Grid: one thread per row, THREADS rows per block. Merges the row's span statistics in span order
-// (deterministic), then writes lse, the target logprob and (when requested) the entropy.
+// (deterministic), then writes lse, the target logprob and (when requested) the entropy. On a
+// vocabulary shard an out-of-range target is another shard's: logprob 0, the shard's entropy.
 template <int THREADS>
 __global__ void __launch_bounds__(THREADS)
     finalize_kernel(const float* logits, const int64_t* targets, const float* partials, float* logprob,
                     float* entropy, float* lse, int64_t rows, int64_t vocab, int64_t ld, int spans, float inv_tau,
-                    int64_t ignore_index) {
+                    int64_t ignore_index, bool vocab_shard) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * THREADS + threadIdx.x;
   if (row >= rows) return;
   RowStats s = row_stats_empty();
@@ -156,8 +157,8 @@ __global__ void __launch_bounds__(THREADS)
   float ent = 0.0f;
   if (y != ignore_index) {
     const bool in_range = y >= 0 && y < vocab;
-    lp = in_range ? logits[row * ld + y] * inv_tau - row_lse_value : quiet_nan();
-    ent = in_range ? row_entropy(s) : quiet_nan();
+    lp = in_range ? logits[row * ld + y] * inv_tau - row_lse_value : (vocab_shard ? 0.0f : quiet_nan());
+    ent = in_range || vocab_shard ? row_entropy(s) : quiet_nan();
   }
   logprob[row] = lp;
   if (entropy != nullptr) entropy[row] = ent;
@@ -171,12 +172,13 @@ __device__ __forceinline__ float grad_at(float z, int64_t col, int64_t target, f
 }
 
 // Grid: x = row, y = span of SPAN logits (same layout as row_stats_kernel); every thread rewrites its
-// float4s in place with dLoss/dz. Ignored rows become 0 and out-of-range targets NaN, without reading.
+// float4s in place with dLoss/dz. Ignored rows become 0 and out-of-range targets NaN, without reading,
+// except on a vocabulary shard, where such a row (another shard's target) matches no column: no one-hot.
 template <int THREADS, int SPAN>
 __global__ void __launch_bounds__(THREADS)
     logit_grad_kernel(float* logits, const int64_t* targets, const float* lse, const float* entropy,
                       const float* g_logprob, const float* g_entropy, int64_t vocab, int64_t ld, float inv_tau,
-                      int64_t ignore_index) {
+                      int64_t ignore_index, bool vocab_shard) {
   const int64_t row = blockIdx.x;
   const int span = blockIdx.y;
   float* z = logits + row * ld;
@@ -188,7 +190,7 @@ __global__ void __launch_bounds__(THREADS)
   const bool head_here = span == 0 && threadIdx.x < layout.head;
   const bool tail_here = span == gridDim.y - 1 && threadIdx.x < vocab - tail_start;
   const int64_t y = targets[row];
-  if (y == ignore_index || y < 0 || y >= vocab) {
+  if (y == ignore_index || (!vocab_shard && (y < 0 || y >= vocab))) {
     const float fill = y == ignore_index ? 0.0f : quiet_nan();
     for (int64_t j = lo + threadIdx.x; j < hi; j += THREADS) body[j] = make_float4(fill, fill, fill, fill);
     if (head_here) z[threadIdx.x] = fill;
@@ -233,8 +235,8 @@ int64_t forward_workspace_floats(int64_t rows, int64_t vocab) { return rows * sp
 int64_t max_vocab() { return static_cast<int64_t>(kMaxSpans) * kSpan; }
 
 cudaError_t logprob_forward(const float* logits, int64_t rows, int64_t vocab, int64_t ld, const int64_t* targets,
-                            float inv_temperature, int64_t ignore_index, float* logprob, float* entropy, float* lse,
-                            float* workspace, cudaStream_t stream) {
+                            float inv_temperature, int64_t ignore_index, bool vocab_shard, float* logprob,
+                            float* entropy, float* lse, float* workspace, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   const int spans = spans_for(vocab);
   const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(spans));
@@ -243,17 +245,20 @@ cudaError_t logprob_forward(const float* logits, int64_t rows, int64_t vocab, in
   if (status != cudaSuccess) return status;
   const unsigned blocks = static_cast<unsigned>((rows + kThreads - 1) / kThreads);
   finalize_kernel<kThreads><<<blocks, kThreads, 0, stream>>>(logits, targets, workspace, logprob, entropy, lse, rows,
-                                                             vocab, ld, spans, inv_temperature, ignore_index);
+                                                             vocab, ld, spans, inv_temperature, ignore_index,
+                                                             vocab_shard);
   return cudaGetLastError();
 }
 
 cudaError_t logit_grad_inplace(float* logits, int64_t rows, int64_t vocab, int64_t ld, const int64_t* targets,
-                               float inv_temperature, int64_t ignore_index, const float* lse, const float* entropy,
-                               const float* g_logprob, const float* g_entropy, cudaStream_t stream) {
+                               float inv_temperature, int64_t ignore_index, bool vocab_shard, const float* lse,
+                               const float* entropy, const float* g_logprob, const float* g_entropy,
+                               cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(spans_for(vocab)));
   logit_grad_kernel<kThreads, kSpan><<<grid, kThreads, 0, stream>>>(logits, targets, lse, entropy, g_logprob, g_entropy,
-                                                                    vocab, ld, inv_temperature, ignore_index);
+                                                                    vocab, ld, inv_temperature, ignore_index,
+                                                                    vocab_shard);
   return cudaGetLastError();
 }
 

@@ -4,7 +4,10 @@
 // stride `ld` in device memory. Launchers enqueue on `stream` and return the launch status; they
 // never synchronize. A target id outside [0, vocab) that is not ignore_index cannot be refused
 // without a host sync, so the kernels make that row visibly wrong instead: forward writes NaN
-// logprob and entropy, backward writes NaN over the whole row of the gradient.
+// logprob and entropy, backward writes NaN over the whole row of the gradient. With vocab_shard the chunk
+// is one vocabulary shard and such an id is another shard's token instead: forward writes logprob 0 and
+// the shard's lse and entropy, backward the softmax part of the gradient without the one-hot term (the
+// caller passes the full vocabulary's lse and entropy).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -20,12 +23,13 @@ int64_t forward_workspace_floats(int64_t rows, int64_t vocab);
 int64_t max_vocab();
 
 cudaError_t logprob_forward(const float* logits, int64_t rows, int64_t vocab, int64_t ld, const int64_t* targets,
-                            float inv_temperature, int64_t ignore_index, float* logprob, float* entropy, float* lse,
-                            float* workspace, cudaStream_t stream);
+                            float inv_temperature, int64_t ignore_index, bool vocab_shard, float* logprob,
+                            float* entropy, float* lse, float* workspace, cudaStream_t stream);
 
 cudaError_t logit_grad_inplace(float* logits, int64_t rows, int64_t vocab, int64_t ld, const int64_t* targets,
-                               float inv_temperature, int64_t ignore_index, const float* lse, const float* entropy,
-                               const float* g_logprob, const float* g_entropy, cudaStream_t stream);
+                               float inv_temperature, int64_t ignore_index, bool vocab_shard, const float* lse,
+                               const float* entropy, const float* g_logprob, const float* g_entropy,
+                               cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace gro

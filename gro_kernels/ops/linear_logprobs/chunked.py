@@ -39,8 +39,11 @@ def _as_fp32(z, scratch):
     return scratch[: z.shape[0]].copy_(z)
 
 
-def forward(hidden, weight, bias, targets, *, inv_temperature, ignore_index, with_entropy, chunk_size):
-    """Returns (logprobs [N] fp32, entropy [N] fp32 or empty [0], lse [N] fp32)."""
+def forward(hidden, weight, bias, targets, *, inv_temperature, ignore_index, with_entropy, chunk_size,
+            vocab_shard=False):
+    """Returns (logprobs [N] fp32, entropy [N] fp32 or empty [0], lse [N] fp32).
+
+    vocab_shard: weight/bias are one vocabulary shard (see epilogues.py); the outputs are the shard's."""
     n, vocab = hidden.shape[0], weight.shape[0]
     fwd_epilogue, _, name = epilogues.pick(hidden.device.type)
     LAST_EPILOGUE["name"] = name
@@ -56,7 +59,7 @@ def forward(hidden, weight, bias, targets, *, inv_temperature, ignore_index, wit
         end = min(start + rows, n)
         z = _chunk_logits(hidden[start:end], weight, bias, buffer[: end - start])
         fwd_epilogue(_as_fp32(z, scratch), targets[start:end], inv_temperature, ignore_index,
-                     logprobs[start:end], lse[start:end], entropy[start:end] if with_entropy else None)
+                     logprobs[start:end], lse[start:end], entropy[start:end] if with_entropy else None, vocab_shard)
     return logprobs, entropy, lse
 
 
@@ -92,8 +95,11 @@ class GradAccumulators:
 
 
 def backward(grad_logprobs, grad_entropy, hidden, weight, bias, targets, lse, entropy, *,
-             inv_temperature, ignore_index, chunk_size, needs_hidden, needs_weight, needs_bias):
-    """Returns (dhidden or None, dweight or None, dbias or None) in the input dtype."""
+             inv_temperature, ignore_index, chunk_size, needs_hidden, needs_weight, needs_bias, vocab_shard=False):
+    """Returns (dhidden or None, dweight or None, dbias or None) in the input dtype.
+
+    vocab_shard: weight/bias are one vocabulary shard and lse/entropy the full vocabulary's; the result
+    is this shard's dweight/dbias and its share of dhidden (the caller sums dhidden over shards)."""
     n, vocab = hidden.shape[0], weight.shape[0]
     _, bwd_epilogue, _ = epilogues.pick(hidden.device.type)
     grads = GradAccumulators(hidden, weight, needs_hidden, needs_weight, needs_bias)
@@ -107,6 +113,6 @@ def backward(grad_logprobs, grad_entropy, hidden, weight, bias, targets, lse, en
             g32 = _as_fp32(z, scratch)
             bwd_epilogue(g32, targets[start:end], inv_temperature, ignore_index, lse[start:end],
                          entropy[start:end] if grad_entropy is not None else None, grad_logprobs[start:end],
-                         grad_entropy[start:end] if grad_entropy is not None else None)
+                         grad_entropy[start:end] if grad_entropy is not None else None, vocab_shard)
             grads.add_chunk(z, g32, hidden, weight, start, end)
     return grads.result()

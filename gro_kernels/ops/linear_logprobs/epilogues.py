@@ -2,6 +2,9 @@
 
 Both work on one fp32 chunk of logits z [rows, V] and write into caller-owned row slices.
 Forward: lse, target logprob, entropy. Backward: overwrite z with dLoss/dz (GRO_SPEC.md §1).
+vocab_shard=True: z holds one vocabulary shard; a target outside [0, V) that is not ignore_index is
+another shard's token. Forward gives it logprob 0 and the shard's lse and entropy; backward (given the
+full vocabulary's lse and entropy) gives it the softmax part of dLoss/dz without the one-hot term.
 """
 
 import torch
@@ -9,26 +12,28 @@ import torch
 from ... import _ext
 
 
-def _safe_targets(targets, ignore_index):
+def _safe_targets(targets, ignore_index, vocab, vocab_shard):
+    """(valid rows, rows whose target is in this chunk's vocabulary, targets safe to gather)."""
     valid = targets != ignore_index
-    return valid, torch.where(valid, targets, torch.zeros_like(targets))
+    here = valid & (targets >= 0) & (targets < vocab) if vocab_shard else valid
+    return valid, here, torch.where(here, targets, torch.zeros_like(targets))
 
 
-def forward_torch(z, targets, inv_tau, ignore_index, logprob, lse, entropy):
+def forward_torch(z, targets, inv_tau, ignore_index, logprob, lse, entropy, vocab_shard=False):
     scaled = z * inv_tau
     row_lse = torch.logsumexp(scaled, dim=1)
-    valid, safe = _safe_targets(targets, ignore_index)
+    valid, here, safe = _safe_targets(targets, ignore_index, z.shape[1], vocab_shard)
     target_logit = scaled.gather(1, safe.unsqueeze(1)).squeeze(1)
     lse.copy_(row_lse)
-    logprob.copy_(torch.where(valid, target_logit - row_lse, 0.0))
+    logprob.copy_(torch.where(here, target_logit - row_lse, 0.0))
     if entropy is not None:
         scaled.sub_(row_lse.unsqueeze(1))  # now log p
         ent = -(scaled.exp() * scaled).sum(1)
         entropy.copy_(torch.where(valid, ent, 0.0))
 
 
-def backward_torch(z, targets, inv_tau, ignore_index, lse, entropy, grad_logprob, grad_entropy):
-    valid, safe = _safe_targets(targets, ignore_index)
+def backward_torch(z, targets, inv_tau, ignore_index, lse, entropy, grad_logprob, grad_entropy, vocab_shard=False):
+    valid, here, safe = _safe_targets(targets, ignore_index, z.shape[1], vocab_shard)
     g_l = torch.where(valid, grad_logprob, 0.0).unsqueeze(1)
     log_p = z.mul_(inv_tau).sub_(lse.unsqueeze(1))
     p = log_p.exp()
@@ -38,16 +43,17 @@ def backward_torch(z, targets, inv_tau, ignore_index, lse, entropy, grad_logprob
         log_p.add_(entropy.unsqueeze(1)).mul_(g_h).add_(g_l).mul_(p).mul_(-inv_tau)
     else:
         torch.mul(p, g_l * -inv_tau, out=z)
-    z.scatter_add_(1, safe.unsqueeze(1), g_l * inv_tau)
+    z.scatter_add_(1, safe.unsqueeze(1), torch.where(here.unsqueeze(1), g_l * inv_tau, 0.0))
     z.masked_fill_(~valid.unsqueeze(1), 0.0)  # exact zeros for ignored rows, even non-finite ones
 
 
-def forward_native(z, targets, inv_tau, ignore_index, logprob, lse, entropy):
-    torch.ops.gro_C.logprob_forward(z, targets, inv_tau, ignore_index, logprob, lse, entropy)
+def forward_native(z, targets, inv_tau, ignore_index, logprob, lse, entropy, vocab_shard=False):
+    torch.ops.gro_C.logprob_forward(z, targets, inv_tau, ignore_index, logprob, lse, entropy, vocab_shard)
 
 
-def backward_native(z, targets, inv_tau, ignore_index, lse, entropy, grad_logprob, grad_entropy):
-    torch.ops.gro_C.logit_grad_(z, targets, inv_tau, ignore_index, lse, entropy, grad_logprob, grad_entropy)
+def backward_native(z, targets, inv_tau, ignore_index, lse, entropy, grad_logprob, grad_entropy, vocab_shard=False):
+    torch.ops.gro_C.logit_grad_(z, targets, inv_tau, ignore_index, lse, entropy, grad_logprob, grad_entropy,
+                                vocab_shard)
 
 
 def pick(device_type: str):
