@@ -16,7 +16,7 @@ from . import functional as F
 from ._gro_config import check_batch_inputs, resolve_config
 from .ops.group_advantages import function as _adv
 from .ops.policy_loss import function as _pl
-from .ops.policy_loss.token_terms import KL_ESTIMATORS, SURROGATES, TokenLossConfig, policy_token_terms
+from .ops.policy_loss.token_terms import KL_ESTIMATORS, SURROGATES, TokenLossConfig
 from .ops.preference_loss import function as _pref
 
 FUSED_TOKEN_FN = "gro.policy_token"
@@ -63,8 +63,8 @@ def _policy_token_chunk(logprobs, entropy, args, params):
     old = next(rest) if has_old else None
     ref = next(rest) if has_ref else None
     rollout = next(rest) if has_rollout else None
-    t = policy_token_terms(logprobs, args[0], args[1], args[2] > 0, old_logprobs=old, ref_logprobs=ref,
-                           entropy=entropy, rollout_logprobs=rollout, cfg=cfg)
+    t = _pl.policy_token_terms(logprobs, args[0], args[1], args[2] > 0, old_logprobs=old, ref_logprobs=ref,
+                               entropy=entropy, rollout_logprobs=rollout, cfg=cfg)
     return t.loss.sum(), t.grad_logprobs, t.grad_entropy, t.extras
 
 
@@ -137,7 +137,9 @@ def _exact_kl_term(cfg, inputs, hidden, weight, bias, m_on, scale, opts):
     return cfg.kl_coef * (kl * scale).sum(), kl.detach().sum() / count
 
 
-def _use_fused(cfg, grad_in_forward, inputs, opts):
+def _use_fused(cfg, grad_in_forward, inputs, opts, hidden_size):
+    """Grad-in-forward runs inside the chunked backend: only where linear_logprobs itself runs chunked
+    for this head (on CUDA, "auto" depends on the hidden size)."""
     if opts["process_group"] is not None:
         # A vocabulary-sharded head: the fused op has no cross-rank combine; the plain path is exact.
         if grad_in_forward:
@@ -146,7 +148,7 @@ def _use_fused(cfg, grad_in_forward, inputs, opts):
         return False
     if grad_in_forward is False or not cfg.token_separable or opts["backend"] not in ("auto", "chunked"):
         return False
-    if F.selected_backend(inputs["device"], opts["backend"]).split("/")[0] != "chunked":
+    if F.selected_backend(inputs["device"], opts["backend"], hidden_size=hidden_size).split("/")[0] != "chunked":
         return False
     mode = cfg.advantage_mode[0] if inputs["advantages"] is None else "given"
     # REINFORCE++ shapes its return with the current policy's k1 when old logprobs are absent.
@@ -202,7 +204,7 @@ def gro_loss(hidden, weight, targets, bias=None, *, preset="grpo", config=None, 
         rows_on = (inputs["num_sequences"] or batch) if cfg.rows == "online" else online.sum()
         scale = _pl.aggregation_scale(m_on, cfg.aggregation, global_token_count=inputs["global_token_count"],
                                       max_completion_length=inputs["max_completion_length"], num_sequences=rows_on)
-    if cfg.has_online and _use_fused(cfg, grad_in_forward, inputs, opts):
+    if cfg.has_online and _use_fused(cfg, grad_in_forward, inputs, opts, weight.shape[-1]):
         adv = _advantages(cfg, inputs, batch, shape, online, m_on, ref, None)
         loss, lp, ent, stats = _online_fused(hidden, weight, bias, targets, adv, scale, m_on, inputs, ref, tok_cfg,
                                              want_entropy, opts)

@@ -1,14 +1,103 @@
-"""Group advantages with segmented torch ops: ragged groups, no Python loop over groups, no host sync.
+"""Group advantages: dispatch to a segmented kernel (Triton, native gro_C op) or segmented torch ops.
 
-Groups arrive as a dense index g(i) in [0, G) (the public layer maps ids or sizes to it). Means
-are taken around the group minimum, so identical rewards give deviations of exactly 0 (a plain
-sum / n can be off by an ulp, which the division by a tiny std would turn into a visible advantage).
+Groups arrive as a dense index g(i) in [0, G) (the public layer maps ids or sizes to it). All paths
+handle ragged groups without a Python loop over groups or a host sync (except the CPU-only check
+whether rows come group by group). The torch path takes means around the group minimum and the
+kernels sum in double (native) or around the minimum (Triton), so identical rewards give deviations
+of exactly 0 everywhere (a plain fp32 sum / n can be off by an ulp, which the division by a tiny std
+would turn into a visible advantage). select_impl tells which implementation runs.
 """
+
+import functools
 
 import torch
 
+from ... import _dispatch, _ext
+
 MODES = ("grpo", "dr_grpo", "rloo", "remax", "reinforce_pp", "none")
 SCALES = ("group", "batch", "none")
+KERNEL_MODES = ("grpo", "dr_grpo", "rloo")  # the segmented kernels' modes; the others are torch ops
+_DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
+
+
+@functools.cache
+def _triton_impl():
+    """ops/group_advantages/triton_impl, or None when Triton is not installed."""
+    try:
+        from . import triton_impl
+    except ImportError:
+        return None
+    return triton_impl
+
+
+def _native_usable(device_type: str) -> bool:
+    key = _DISPATCH_KEYS.get(device_type)
+    return (key is not None and _ext.native_available(device_type)
+            and torch._C._dispatch_has_kernel_for_dispatch_key("gro_C::group_advantages", key))
+
+
+def _rows_grouped(index) -> bool:
+    """Rows come group by group (index non-decreasing). CPU only: reading the answer is free there."""
+    return bool((index[1:] >= index[:-1]).all())
+
+
+def select_impl(index, mode: str) -> str:
+    """"triton", "native" or "torch": which implementation group_advantages runs (GRO_BACKEND steers
+    it, see _dispatch). CUDA: Triton when importable, else the native CUDA op, else torch. CPU: the
+    native op when built and rows come group by group; unsorted rows stay in torch, because sorting
+    them costs more than the native op saves (measured: notes/wiring.md)."""
+    if index is None or mode not in KERNEL_MODES:
+        return "torch"
+    backend = _dispatch.requested_backend()
+    if backend == "triton" and _triton_impl() is None:
+        raise RuntimeError(_dispatch.TRITON_MISSING)
+    if backend in ("triton", "naive"):
+        return "torch" if backend == "naive" else "triton"
+    device = index.device
+    if device.type == "cuda" and backend == "auto" and _triton_impl() is not None:
+        return "triton"
+    if not _native_usable(device.type) or (device.type == "cpu" and not _rows_grouped(index)):
+        return "torch"
+    return "native"
+
+
+def group_advantages(rewards, index, groups: int, mode: str, *, eps: float, baseline=None,
+                     scale_rewards: str = "group"):
+    """fp32 [B] advantages for modes grpo, dr_grpo, rloo, remax, none (see naive.py for the math)."""
+    if scale_rewards not in SCALES:
+        raise ValueError(f"scale_rewards must be one of {SCALES}, got {scale_rewards!r}")
+    impl = select_impl(index, mode)
+    if impl == "torch":
+        return torch_advantages(rewards, index, groups, mode, eps=eps, baseline=baseline,
+                                scale_rewards=scale_rewards)
+    kernel = _native_kernel if impl == "native" else _triton_impl().segmented_advantages
+    # CPU picks the native op only for grouped rows (select_impl); CUDA never reads the index on the host.
+    return segmented_advantages(kernel, rewards, index, groups, mode, eps=eps, scale_rewards=scale_rewards,
+                                presorted=impl == "native" and index.device.type == "cpu")
+
+
+def _native_kernel(rewards, offsets, mode, *, eps):
+    return torch.ops.gro_C.group_advantages(rewards, offsets, mode, eps)
+
+
+def segmented_advantages(kernel, rewards, index, groups: int, mode: str, *, eps: float,
+                         scale_rewards: str = "group", presorted: bool = False):
+    """Advantages (modes KERNEL_MODES) from a segmented kernel(rewards, offsets, mode, eps=) that wants
+    rows sorted by group: offsets by counting (no host sync), a stable sort unless presorted, the
+    kernel, a scatter back. grpo without group scaling runs the kernel's dr_grpo (a group of one has a
+    deviation of exactly 0 there too), then divides by the batch std for scale_rewards="batch"."""
+    r = rewards.to(torch.float32).contiguous()
+    kernel_mode = "dr_grpo" if mode == "grpo" and scale_rewards != "group" else mode
+    counts = _segment_sum(torch.ones_like(index), index, groups)
+    offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    if presorted:
+        out = kernel(r, offsets, kernel_mode, eps=eps)
+    else:
+        order = torch.argsort(index, stable=True)
+        out = torch.empty_like(r).index_copy_(0, order, kernel(r[order], offsets, kernel_mode, eps=eps))
+    if mode == "grpo" and scale_rewards == "batch":
+        out = out / (_batch_std(r) + eps)
+    return out
 
 
 def _segment_sum(values, index, groups):
@@ -25,9 +114,9 @@ def _group_centered(r, index, groups):
     return shifted - mean_shift[index], counts[index]
 
 
-def group_advantages(rewards, index, groups: int, mode: str, *, eps: float, baseline=None,
+def torch_advantages(rewards, index, groups: int, mode: str, *, eps: float, baseline=None,
                      scale_rewards: str = "group"):
-    """fp32 [B] advantages for modes grpo, dr_grpo, rloo, remax, none (see naive.py for the math)."""
+    """group_advantages in segmented torch ops (every mode but reinforce_pp; any device)."""
     r = rewards.to(torch.float32)
     if mode == "none":
         return r.clone()
@@ -44,15 +133,20 @@ def group_advantages(rewards, index, groups: int, mode: str, *, eps: float, base
     if scale_rewards == "none":
         return torch.where(single, 0.0, centered)
     if scale_rewards == "batch":
-        batch_centered = r - r.min()
-        batch_centered = batch_centered - batch_centered.mean()
-        std = (batch_centered.square().sum() / max(r.numel() - 1, 1)).sqrt()
+        std = _batch_std(r)
     elif scale_rewards == "group":
         var = _segment_sum(centered.square(), index, groups)[index] / (n - 1.0).clamp(min=1.0)
         std = var.sqrt()
     else:
         raise ValueError(f"scale_rewards must be one of {SCALES}, got {scale_rewards!r}")
     return torch.where(single, 0.0, centered / (std + eps))
+
+
+def _batch_std(r):
+    """Unbiased std of the whole batch, centred around the minimum first (exact 0 for equal rewards)."""
+    centered = r - r.min()
+    centered = centered - centered.mean()
+    return (centered.square().sum() / max(r.numel() - 1, 1)).sqrt()
 
 
 def reinforce_pp_advantages(rewards, mask, *, index=None, groups=0, token_kl=None, kl_coef: float = 0.0,

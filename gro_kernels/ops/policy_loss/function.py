@@ -2,14 +2,18 @@
 
 The token math is token_terms.policy_token_terms; this file turns a [B, T] batch into its inputs
 (per-token aggregation scale, per-token advantages, GSPO's sequence ratio) and wraps it in an
-autograd Function whose backward is the analytic gradient the token function returns.
+autograd Function whose backward is the analytic gradient the token function returns. The token
+function runs as the fused Triton epilogue (triton_impl) or in torch: select_token_impl tells which.
 """
 
+import functools
 from typing import Optional
 
 import torch
 
-from .token_terms import EXTRAS, TokenLossConfig, policy_token_terms
+from ... import _dispatch
+from . import token_terms
+from .token_terms import EXTRAS, TokenLossConfig, TokenTerms
 
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm")
 IS_LEVELS = ("token", "sequence", "sequence_token")
@@ -43,6 +47,34 @@ def _at_least_one(count):
     if isinstance(count, torch.Tensor):
         return count.to(torch.float32).clamp(min=1.0)
     return max(float(count), 1.0)
+
+
+@functools.cache
+def _triton_impl():
+    """ops/policy_loss/triton_impl, or None when Triton is not installed."""
+    try:
+        from . import triton_impl
+    except ImportError:
+        return None
+    return triton_impl
+
+
+def select_token_impl(device: torch.device) -> str:
+    """"triton" or "torch": which per-token function runs on `device`. CUDA: the Triton epilogue when
+    Triton imports; CPU: torch. GRO_BACKEND=triton forces Triton (CPU tensors then need
+    TRITON_INTERPRET=1), "chunked" / "naive" force torch (see _dispatch)."""
+    backend = _dispatch.requested_backend()
+    if backend == "triton" and _triton_impl() is None:
+        raise RuntimeError(_dispatch.TRITON_MISSING)
+    if backend == "triton" or (backend == "auto" and device.type == "cuda" and _triton_impl() is not None):
+        return "triton"
+    return "torch"
+
+
+def policy_token_terms(logprobs, advantages, scale, mask, **options) -> TokenTerms:
+    """token_terms.policy_token_terms (same arguments and result) on the implementation select_token_impl picks."""
+    impl = _triton_impl() if select_token_impl(logprobs.device) == "triton" else token_terms
+    return impl.policy_token_terms(logprobs, advantages, scale, mask, **options)
 
 
 class _PolicyTokenLoss(torch.autograd.Function):
