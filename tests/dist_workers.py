@@ -201,3 +201,9 @@ def all_masked_case(rank, world):
                                  process_group=dist.group.WORLD, vocab_start=start)
     (lp.sum() + ent.sum()).backward()
     return dict(lp=lp.detach(), ent=ent.detach(), dh=h.grad, dw=w.grad)
+
+
+def triton_cases(rank, world):
+    """The Triton backend on a shard (run under TRITON_INTERPRET=1 by tests/interpreter)."""
+    return {"entropy_bias": _lp_case(rank, world, backend="triton"),
+            "no_entropy": _lp_case(rank, world, backend="triton", with_entropy=False, bias=False, temperature=1.0)}
