@@ -27,15 +27,16 @@ def _cuda_wanted():
         return False
     if not _rel("csrc/cuda/*.cu"):
         return False
-    if os.environ.get("CUDA_HOME") is None and os.path.isdir("/usr/local/cuda"):
-        # torch's auto-detection guesses /usr/local when no GPU runtime is present, and fails.
-        os.environ["CUDA_HOME"] = "/usr/local/cuda"
     return shutil.which("nvcc") is not None or os.path.exists(os.path.join(os.environ.get("CUDA_HOME", ""), "bin/nvcc"))
 
 
 def _extensions():
     if os.environ.get("GRO_SKIP_NATIVE_BUILD") == "1":
         return [], {}
+    if os.environ.get("CUDA_HOME") is None and os.path.isdir("/usr/local/cuda"):
+        # torch reads CUDA_HOME when cpp_extension is imported, and with no GPU runtime present it
+        # guesses /usr/local, where the CUDA headers are not: set it first.
+        os.environ["CUDA_HOME"] = "/usr/local/cuda"
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
     march = os.environ.get("GRO_CPU_ARCH", "native")
