@@ -40,3 +40,71 @@ class GROLoss(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"preset={self.preset!r}" if self.config is None else f"config={self.config}"
+
+
+class GROModelLoss(torch.nn.Module):
+    """A causal LM's decoder and the fused GRO loss in ONE forward (the supported way under DDP / FSDP2).
+
+    Wrappers act on module forwards: DDP arms its gradient all-reduce when its forward runs, and FSDP2
+    (`fully_shard`) / ZeRO-3 gather sharded parameters only for the forward of the module that owns them.
+    A loss that reads `lm_head.weight` outside any forward gets no gradient sync (DDP) or a sharded
+    tensor (FSDP2). Wrap this module instead: `DDP(GROModelLoss(model))`, or `fully_shard` each decoder
+    layer and then `fully_shard(GROModelLoss(model))` as the root, so the head stays in the root unit
+    (do not `fully_shard` the head on its own: it would be gathered only for its own forward, which the
+    fused loss never calls; that case raises a clear error).
+
+    model: Hugging Face-style causal LM: get_decoder() (returns .last_hidden_state) and
+    get_output_embeddings() (a linear head, weight [V, H], optional bias). Options as for GROLoss.
+    grad_in_forward=None: off under fully_shard (FSDP2) or for DeepSpeed ZeRO-3 parameters, where the
+    head's gradient must come from the backward (a full-size dW held from forward to backward would also
+    undo the sharding); otherwise gro_loss's default.
+    forward(input_ids, attention_mask=None, *, targets, first_position=0, position_ids=None, **batch):
+    targets [B, C] are the tokens predicted by the hidden states at positions first_position + c
+    (ignore_index elsewhere); batch holds gro_loss's per-batch tensors. Returns GROOutput.
+    """
+
+    def __init__(self, model: torch.nn.Module, preset: str = "grpo", *, config: Optional[GROObjective] = None,
+                 grad_in_forward: Optional[bool] = None, **options):
+        super().__init__()
+        self.model, self.preset, self.config, self.options = model, preset, config, options
+        self.grad_in_forward = grad_in_forward
+
+    def forward(self, input_ids, attention_mask=None, *, targets, first_position: int = 0, position_ids=None,
+                **batch):
+        clash = sorted(set(batch) & set(self.options))
+        if clash:
+            raise TypeError(f"GROModelLoss got {clash} both at construction and in forward; pass each once")
+        out = self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                       position_ids=position_ids, use_cache=False)
+        hidden = out.last_hidden_state[:, first_position:first_position + targets.shape[1]]
+        head = self.model.get_output_embeddings()
+        _require_gathered(head.weight)
+        return F.gro_loss(hidden, head.weight, targets, getattr(head, "bias", None), preset=self.preset,
+                          config=self.config, grad_in_forward=self._grad_in_forward(head.weight), **self.options,
+                          **batch)
+
+    def _grad_in_forward(self, weight):
+        if self.grad_in_forward is not None:
+            return self.grad_in_forward
+        sharded = _fully_sharded(self) or hasattr(weight, "ds_id")  # ds_id: a DeepSpeed ZeRO-3 parameter
+        return False if sharded else None
+
+
+def _fully_sharded(module) -> bool:
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
+
+
+def _require_gathered(weight):
+    if not torch.distributed.is_available():
+        return
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(weight, DTensor):
+        raise RuntimeError("GROModelLoss: the LM head weight is still a sharded DTensor inside the forward: the head "
+                           "was fully_shard-ed as its own unit, so FSDP2 gathers it only for the head's own forward. "
+                           "Leave the head in the unit of the module that computes the loss (fully_shard the decoder "
+                           "layers, then fully_shard(GROModelLoss(model)) as the root)")

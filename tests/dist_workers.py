@@ -207,3 +207,112 @@ def triton_cases(rank, world):
     """The Triton backend on a shard (run under TRITON_INTERPRET=1 by tests/interpreter)."""
     return {"entropy_bias": _lp_case(rank, world, backend="triton"),
             "no_entropy": _lp_case(rank, world, backend="triton", with_entropy=False, bias=False, temperature=1.0)}
+
+
+# ----- data-parallel trainer and FSDP2 -------------------------------------------------------------
+
+PROMPTS = ["31415", "27182", "14142", "17320", "22360", "24494", "26457", "28284", "30000", "31622", "33166",
+           "34641"]
+
+
+def digit_reward(prompt, completion, **fields):
+    return completion.count("7") + 0.25 * completion.count("1") - 0.05 * len(completion)
+
+
+def fake_sampler(masked_prompts):
+    """A deterministic stand-in for model.generate: completion j of a prompt is a function of the prompt's
+    ids (so one process and P ranks sample the same rows); prompts p with masked_prompts(p, n) get an
+    all-masked completion."""
+    from gro_kernels.trainer import rollout as ro
+
+    def sample(model, tokenizer, prompt_ids, num_generations, *, temperature, top_p, max_new_tokens, greedy=False):
+        eos, pad = ro.special_ids(tokenizer)
+        ids, mask = ro.pad_left(prompt_ids, pad, next(model.parameters()).device)
+        digits = tokenizer.convert_tokens_to_ids(list("0123456789"))
+        rows, index = [], []
+        for p, prompt in enumerate(prompt_ids):
+            for j in range(num_generations):
+                seed = sum(prompt) * 7 + j * 13
+                toks = [digits[(seed + 3 * t + t * t * j) % 10] for t in range(max_new_tokens)]
+                toks[1 + seed % (max_new_tokens - 1)] = eos
+                rows.append(toks)
+                index.append(p)
+        out = ro.assemble(tokenizer, ids.repeat_interleave(num_generations, 0),
+                          mask.repeat_interleave(num_generations, 0), torch.tensor(rows), index)
+        for r, p in enumerate(index):
+            if masked_prompts(p, len(prompt_ids)):
+                out.completion_mask[r] = 0.0
+                out.attention_mask[r, out.prompt_width:] = 0
+        return out
+
+    return sample
+
+
+def trainer_gradients(preset, prompts_per_step, output_dir, masked_prompts=lambda p, n: False):
+    """One GROTrainer step on the tiny model; the gradient it applied, by parameter name."""
+    from gro_kernels.trainer import GROConfig, GROTrainer
+    from gro_kernels.trainer.tiny import char_tokenizer, tiny_llama
+
+    tok = char_tokenizer("0123456789")
+    torch.manual_seed(0)
+    model = tiny_llama(tok, hidden_size=32, intermediate_size=64, num_hidden_layers=1)
+    cfg = GROConfig(preset=preset, prompts_per_step=prompts_per_step, num_generations=2, micro_batch_size=3,
+                    max_new_tokens=6, max_steps=1, learning_rate=1e-3, output_dir=str(output_dir), plot=False,
+                    progress_bar=False, save_steps=0, max_grad_norm=None)
+    trainer = GROTrainer(model, None, tok, digit_reward, cfg, PROMPTS)
+    trainer.sample_fn = fake_sampler(masked_prompts)
+    trainer.train_step()
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def ddp_trainer_case(rank, world, preset, mask_last_rank, output_dir):
+    """The trainer under DDP (this process group): rank `world - 1` may get an all-masked batch."""
+    masked = (lambda p, n: True) if mask_last_rank and rank == world - 1 else (lambda p, n: False)
+    return trainer_gradients(preset, 2, f"{output_dir}/rank{rank}", masked)
+
+
+def _tiny_batch(seed, rows, width=7):
+    from gro_kernels.trainer.tiny import char_tokenizer
+
+    g = torch.Generator().manual_seed(seed)
+    vocab = len(char_tokenizer("0123456789"))
+    ids = torch.randint(4, vocab, (rows, width), generator=g)
+    targets = torch.cat([ids[:, 1:], torch.full((rows, 1), -100)], 1)
+    targets[0, 4:] = -100
+    return ids, targets, torch.randn(rows, generator=g)
+
+
+def fsdp2_case(rank, world):
+    """fully_shard decoder layers + GROModelLoss as root: each rank its own rows; returns the full gradient
+    (gathered from the shards) and the error of the unsupported layout (the head sharded on its own)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from gro_kernels.trainer.tiny import char_tokenizer, tiny_llama
+
+    mesh = init_device_mesh("cpu", (world,))
+    ids, targets, adv = _tiny_batch(rank, 3)
+    out = {}
+    for layout in ("supported", "head_alone"):
+        torch.manual_seed(0)
+        model = tiny_llama(char_tokenizer("0123456789"), hidden_size=32, intermediate_size=64, num_hidden_layers=2)
+        loss_module = gk.GROModelLoss(model, "dapo", global_token_count=fsdp_token_count(world))
+        for layer in model.model.layers:
+            fully_shard(layer, mesh=mesh)
+        if layout == "head_alone":
+            fully_shard(model.lm_head, mesh=mesh)
+        fully_shard(loss_module, mesh=mesh)
+        out[layout + "_grad_in_forward"] = loss_module._grad_in_forward(None)
+        try:
+            result = loss_module(ids, targets=targets, advantages=adv)
+        except RuntimeError as exc:
+            out[layout] = str(exc)
+            continue
+        (result.loss * world).backward()  # FSDP2 averages gradients over ranks; the loss is this rank's share
+        out[layout] = {name: p.grad.full_tensor() for name, p in model.named_parameters()}
+    return out
+
+
+def fsdp_token_count(world):
+    """token_mean denominator of the whole data-parallel batch (every rank's valid targets)."""
+    return float(sum(int((_tiny_batch(r, 3)[1] != -100).sum()) for r in range(world)))

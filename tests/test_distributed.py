@@ -140,3 +140,36 @@ def test_process_group_needs_initialized_distributed():
     with pytest.raises(RuntimeError) as info:
         gk.linear_logprobs(x.hidden, x.weight, x.targets, process_group=object(), vocab_start=0)
     error_mentions(info, "init_process_group")
+
+
+# ----- data parallelism: the trainer under DDP, and FSDP2 through GROModelLoss ---------------------
+
+@pytest.mark.parametrize("world,preset,mask_last_rank", [(2, "grpo", False), (2, "dapo", True), (3, "dapo", True)],
+                         ids=["P2-grpo", "P2-dapo-last-rank-all-masked", "P3-dapo-last-rank-all-masked"])
+def test_ddp_trainer_step_equals_single_process_union_batch(world, preset, mask_last_rank, tmp_path):
+    results = run_ranks(world, "dist_workers:ddp_trainer_case", preset, mask_last_rank, str(tmp_path), timeout=180)
+    per_rank = 2
+    masked = (lambda p, n: p >= per_rank * (world - 1)) if mask_last_rank else (lambda p, n: False)
+    want = W.trainer_gradients(preset, per_rank * world, tmp_path / "single", masked)
+    for rank, got in enumerate(results):
+        assert got.keys() == want.keys(), f"rank {rank}: parameters with gradients differ"
+        for name, expected in want.items():
+            assert_close_rel(got[name], expected, rtol=1e-5, atol=1e-8, what=f"P={world} {preset} rank {rank} {name}")
+
+
+def test_fsdp2_fully_shard_trains_through_gro_model_loss():
+    from gro_kernels.trainer.tiny import char_tokenizer, tiny_llama
+
+    world = 2
+    results = run_ranks(world, "dist_workers:fsdp2_case", timeout=180)
+    torch.manual_seed(0)
+    model = tiny_llama(char_tokenizer("0123456789"), hidden_size=32, intermediate_size=64, num_hidden_layers=2)
+    batches = [W._tiny_batch(r, 3) for r in range(world)]
+    ids, targets, adv = (torch.cat(parts) for parts in zip(*batches))
+    loss_module = gk.GROModelLoss(model, "dapo", global_token_count=W.fsdp_token_count(world))
+    loss_module(ids, targets=targets, advantages=adv).loss.backward()
+    for rank, got in enumerate(results):
+        assert got["supported_grad_in_forward"] is False, "grad_in_forward must be off under fully_shard"
+        for name, p in model.named_parameters():
+            assert_close_rel(got["supported"][name], p.grad, rtol=1e-5, atol=1e-8, what=f"FSDP2 rank {rank} {name}")
+        assert "sharded DTensor" in got["head_alone"], f"rank {rank}: {got['head_alone']!r}"

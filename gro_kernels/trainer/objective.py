@@ -64,7 +64,10 @@ def reference_for(model, ref_model, preset: ObjectiveConfig, config):
 
 
 def needs_old(preset: ObjectiveConfig, config) -> bool:
-    """Old logprobs are needed once the policy moves within a rollout batch, or for REINFORCE++'s KL return."""
+    """Old logprobs are needed once the policy moves within a rollout batch, for REINFORCE++'s KL return,
+    and for KTO's reference point z0 (estimated once per batch from the policy that sampled it)."""
+    if preset.has_offline and preset.offline_loss == "kto":
+        return True
     if not preset.has_online:
         return False
     several = config.num_iterations > 1 or config.mini_batch_size is not None
@@ -150,11 +153,21 @@ def normalizers(batch, mini: List[int], preset: ObjectiveConfig) -> dict:
     return {"online_rows": int(on.sum()), "online_tokens": float(tokens), "offline_rows": int((~on).sum())}
 
 
+def loss_options(preset: ObjectiveConfig, config) -> dict:
+    """The fixed gro_loss options of a run (the trainer's GROModelLoss is built with them)."""
+    backend = "naive" if config.loss_impl == "materialized" else "auto"
+    return dict(config=preset, temperature=config.temperature, ignore_index=policy.IGNORE_INDEX, return_entropy=True,
+                backend=backend)
+
+
 def micro_loss(tr, batch, rows: List[int], norms: dict):
-    """gro_loss on the rows of one micro-batch, weighted so the sum over micro-batches is the mini-batch loss."""
-    c, preset, r = tr.config, tr.preset, batch.rollout
+    """gro_loss on the rows of one micro-batch, weighted so the sum over micro-batches is the mini-batch loss.
+    It runs inside tr.loss_module's forward (decoder + fused loss), so DDP / FSDP2 see the head used."""
+    preset, r = tr.preset, batch.rollout
     idx = torch.tensor(rows, device=r.input_ids.device)
-    h = policy.head_inputs(tr.model, r.input_ids[idx], r.attention_mask[idx], r.completion_mask[idx], r.prompt_width)
+    ids, attention = r.input_ids[idx], r.attention_mask[idx]
+    # As policy.head_inputs: the hidden state at position p predicts token p + 1.
+    targets = ids[:, r.prompt_width:].masked_fill(r.completion_mask[idx] == 0, policy.IGNORE_INDEX)
     inputs = {k: batch.rows[k][idx] for k in ROW_KEYS if k in batch.rows}
     if "kto_z0" in batch.rows:
         inputs["kto_z0"] = batch.rows["kto_z0"]
@@ -170,10 +183,8 @@ def micro_loss(tr, batch, rows: List[int], norms: dict):
             weights["online_weight"] = int(on.sum()) / max(norms["online_rows"], 1)  # its seq mean is per call
     if preset.has_offline:
         weights["offline_weight"] = int((~on).sum()) / max(norms["offline_rows"], 1)  # pair/row mean per call
-    backend = "naive" if c.loss_impl == "materialized" else "auto"
-    out = gro_kernels.gro_loss(h.hidden, h.weight, h.targets, h.bias, config=preset, mask=r.completion_mask[idx],
-                               temperature=c.temperature, ignore_index=policy.IGNORE_INDEX, return_entropy=True,
-                               backend=backend, **weights, **inputs)
+    out = tr.loss_module(ids, attention, targets=targets, first_position=r.prompt_width - 1,
+                         position_ids=policy.position_ids(attention), mask=r.completion_mask[idx], **weights, **inputs)
     if "kl" not in out.metrics and "ref_logprobs" in inputs:  # preference presets report no KL of their own
         m = r.completion_mask[idx]
         k3 = gro_kernels.kl_penalty(out.logprobs, inputs["ref_logprobs"], estimator="k3")

@@ -12,6 +12,7 @@ from typing import Callable, List, Optional, Sequence
 import torch
 
 from . import checkpoint as ckpt
+from . import distributed as data_parallel
 from . import metrics as mt
 from . import modes, objective, policy
 from . import rewards as rw
@@ -46,6 +47,9 @@ class GROTrainer:
         self.offline = objective.offline_records(offline_data, config)
         self.preset = objective.preset_for(config)
         self.ref_model = objective.reference_for(model, ref_model, self.preset, config)
+        # The loss runs inside one module forward (DDP-wrapped under torchrun): see distributed.py.
+        self.dp = data_parallel.detect()
+        self.loss_module = data_parallel.loss_module(model, self.dp, **objective.loss_options(self.preset, config))
         _check_lengths(model, config)
         self.sample_fn: Callable = ro.sample
         # Dropout off everywhere: old/reference logprobs and the training forward must agree exactly.
@@ -89,7 +93,7 @@ class GROTrainer:
         finally:
             bar.close()
         self.save()
-        if c.plot:
+        if c.plot and self.dp.rank == 0:
             mt.plot_curves(self.log.read(), self.output_dir / "curves.png")
         return records
 
@@ -103,7 +107,8 @@ class GROTrainer:
         records, dataset_index = self._batch_records(self.step)
         batch = MODE_BUILDERS[c.mode](self, records, dataset_index)
         record = {"step": self.step + 1, "lr": self.scheduler.get_last_lr()[0]}
-        if batch.rollout is None:
+        # Data-parallel: a step is skipped on every rank if any rank has nothing to learn (no rank waits alone).
+        if not data_parallel.every_rank(batch.rollout is not None, self.dp, self.memory.device):
             record["skipped"] = 1
         else:
             self._logprobs(batch)
@@ -117,7 +122,8 @@ class GROTrainer:
         peak = self.memory.peak_mb()
         if peak is not None:
             record["peak_mem_mb"] = peak
-        self.log.write(record)
+        if self.dp.rank == 0:
+            self.log.write(record)
         return record
 
     def _logprobs(self, batch: "modes.TrainBatch"):
@@ -138,10 +144,14 @@ class GROTrainer:
         for _ in range(c.num_iterations):
             for mini in minis:
                 self.optimizer.zero_grad(set_to_none=True)
-                norms = objective.normalizers(batch, mini, self.preset)
-                for micro in objective.micro_batches(batch, mini, c.micro_batch_size):
-                    result, weights = objective.micro_loss(self, batch, micro, norms)
-                    result.loss.backward()
+                # Denominators over every rank's rows; DDP averages gradients, hence the loss times P.
+                norms = data_parallel.global_normalizers(objective.normalizers(batch, mini, self.preset), self.dp,
+                                                         self.memory.device)
+                micros = objective.micro_batches(batch, mini, c.micro_batch_size)
+                for i, micro in enumerate(micros):
+                    with data_parallel.sync_context(self.loss_module, last=i == len(micros) - 1):
+                        result, weights = objective.micro_loss(self, batch, micro, norms)
+                        (result.loss * self.dp.world).backward()
                     objective.accumulate(sums, result, weights)
                 grad_norms.append(self._clip_and_step())
         out = objective.average(sums, len(grad_norms))
@@ -159,7 +169,9 @@ class GROTrainer:
         return float(norm)
 
     def _batch_records(self, step: int):
-        picked = self.stream(len(self.records), self.config.prompts_per_step, step)
+        # Under data parallelism the step's stream holds every rank's prompts; this rank takes its share.
+        picked = self.stream(len(self.records), self.config.prompts_per_step * self.dp.world, step)
+        picked = data_parallel.rank_slice(picked, self.dp)
         return [self.records[i] for i in picked], picked
 
     def stream(self, n: int, k: int, step: int, salt: int = 0) -> List[int]:
@@ -174,7 +186,10 @@ class GROTrainer:
 
     # ----- checkpoints --------------------------------------------------------------------------
 
-    def save(self) -> Path:
+    def save(self) -> Optional[Path]:
+        """Rank 0 writes the checkpoint (the ranks' models are identical); other ranks return None."""
+        if self.dp.rank != 0:
+            return None
         ref = self.ref_model if self.config.mode == "iterative_dpo" else None
         return ckpt.save_checkpoint(self.output_dir, self.step, policy=self.model, optimizer=self.optimizer,
                                     scheduler=self.scheduler, config=self.config.to_dict(), trainer_state={},

@@ -1,0 +1,79 @@
+"""Data-parallel training under torchrun (DDP over gloo on CPU, NCCL on GPU), exact w.r.t. one process.
+
+- Each rank samples its own prompts: rank r takes items [r*k, (r+1)*k) of the step's P*k items of the
+  seeded prompt stream, so the union over ranks is the batch one process with P*k prompts would see.
+- The loss runs inside DDP's forward (gro_kernels.GROModelLoss: decoder + fused loss in one module).
+- The denominators of a mini-batch (online rows and tokens, offline rows) are summed over ranks with one
+  all_reduce per optimizer step, so each rank's loss is its share of the global loss; DDP averages
+  gradients over ranks, so the loss is scaled by P before backward. Then the summed gradient, the
+  clipped norm and the AdamW step equal those of one process on the union batch.
+- Only the last micro-batch of a mini-batch synchronizes (DDP no_sync before), and a rank whose rows are
+  all masked still runs its forward/backward: every rank joins every collective.
+"""
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+import gro_kernels
+
+
+@dataclass(frozen=True)
+class DataParallel:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+
+def detect() -> DataParallel:
+    """The default process group's rank and size when torch.distributed is initialized (torchrun)."""
+    if dist.is_available() and dist.is_initialized():
+        return DataParallel(dist.get_rank(), dist.get_world_size())
+    return DataParallel()
+
+
+def loss_module(model, dp: DataParallel, **options):
+    """GROModelLoss(model, **options); DDP-wrapped (parameters broadcast from rank 0) when data-parallel."""
+    module = gro_kernels.GROModelLoss(model, **options)
+    if not dp.enabled:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = next(model.parameters()).device
+    return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
+
+
+def rank_slice(indices, dp: DataParallel):
+    """This rank's share of the step's world-wide items."""
+    k = len(indices) // dp.world
+    return indices[dp.rank * k:(dp.rank + 1) * k]
+
+
+def global_normalizers(norms: dict, dp: DataParallel, device) -> dict:
+    """The mini-batch denominators summed over ranks (one all_reduce)."""
+    if not dp.enabled:
+        return norms
+    keys = ("online_rows", "online_tokens", "offline_rows")
+    total = torch.tensor([float(norms[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    out = dict(zip(keys, total.tolist()))
+    return dict(out, online_rows=int(out["online_rows"]), offline_rows=int(out["offline_rows"]))
+
+
+def every_rank(flag: bool, dp: DataParallel, device) -> bool:
+    """True when `flag` holds on every rank (one all_reduce); ranks then take the same branch."""
+    if not dp.enabled:
+        return flag
+    value = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
+def sync_context(module, last: bool):
+    """DDP's no_sync for all but the last micro-batch of a mini-batch (gradients accumulate locally)."""
+    return contextlib.nullcontext() if last or not hasattr(module, "no_sync") else module.no_sync()
