@@ -12,6 +12,7 @@
 """
 
 import contextlib
+import os
 from dataclasses import dataclass
 
 import torch
@@ -30,8 +31,13 @@ class DataParallel:
         return self.world > 1
 
 
-def detect() -> DataParallel:
-    """The default process group's rank and size when torch.distributed is initialized (torchrun)."""
+def detect(device) -> DataParallel:
+    """The default process group's rank and size. Under torchrun (WORLD_SIZE > 1 in the environment) the
+    group is initialized here if the caller has not: gloo for a CPU model, NCCL for a CUDA one (place the
+    model on cuda:LOCAL_RANK first)."""
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if dist.is_available() and launched and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.device(device).type == "cuda" else "gloo")
     if dist.is_available() and dist.is_initialized():
         return DataParallel(dist.get_rank(), dist.get_world_size())
     return DataParallel()

@@ -48,7 +48,7 @@ class GROTrainer:
         self.preset = objective.preset_for(config)
         self.ref_model = objective.reference_for(model, ref_model, self.preset, config)
         # The loss runs inside one module forward (DDP-wrapped under torchrun): see distributed.py.
-        self.dp = data_parallel.detect()
+        self.dp = data_parallel.detect(next(model.parameters()).device)
         self.loss_module = data_parallel.loss_module(model, self.dp, **objective.loss_options(self.preset, config))
         _check_lengths(model, config)
         self.sample_fn: Callable = ro.sample
