@@ -61,6 +61,8 @@ def build_model(config):
 
 
 def build_trainer(config) -> GROTrainer:
+    if config.num_threads is not None:
+        torch.set_num_threads(config.num_threads)
     torch.manual_seed(config.seed)
     model, tokenizer = build_model(config)
     if config.task in tasks.TASKS:

@@ -67,6 +67,7 @@ class GROConfig:
     # Runtime, logging and checkpoints.
     seed: int = 0
     device: str = "cpu"
+    num_threads: Optional[int] = None  # torch intra-op threads (1 is fastest for tiny models on a busy CPU)
     dtype: str = "float32"
     output_dir: str = "runs/gro"
     metrics_file: str = "metrics.jsonl"
@@ -146,6 +147,8 @@ def _validate(c: GROConfig):
         raise ValueError(f"top_p must be in (0, 1], got {c.top_p}")
     for name in ("beta", "epsilon", "weight_decay"):
         _nonnegative(name, getattr(c, name))
+    if c.num_threads is not None:
+        _int_at_least("num_threads", c.num_threads, 1)
     if c.mini_batch_size is not None:
         _int_at_least("mini_batch_size", c.mini_batch_size, 1)
     if c.max_grad_norm is not None:
