@@ -85,8 +85,8 @@ def _target_summary(targets, ignore_index):
 def exchange_layout(group, vocab_start, local_vocab, hidden, targets, ignore_index, local_error=None) -> VocabShard:
     """Check that the ranks' shards tile [0, V) and agree on the batch; raise the same error on every rank.
 
-    One small all_gather of (error flag, start, size, rows, hidden size, target min/max) per rank and one
-    host read: a rank whose own inputs failed validation (`local_error`) still joins it, so the others
+    One small all_gather of (error flag, start, size, rows, hidden size, target min/max/hash) per rank and
+    one host read: a rank whose own inputs failed validation (`local_error`) still joins it, so the others
     raise too instead of waiting for it in the next collective.
     """
     device = hidden.device if isinstance(hidden, torch.Tensor) else torch.device("cpu")
