@@ -179,3 +179,24 @@ def test_torch_compile_sees_one_op():
                       grad_output=3.0)
     for leaf, ref in zip(leaves, plain[2:]):
         torch.testing.assert_close(leaf.grad, ref, rtol=1e-5, atol=1e-6)
+
+
+@ftl.register_token_fn("tests.weighted_logprob")
+def weighted_logprob_token_fn(logprobs, entropy, args, params):
+    """sum_t w_t l_t: no params, no extras."""
+    (weight,) = args
+    return (weight * logprobs).sum(), weight.clone(), None, logprobs.new_empty(logprobs.shape[0], 0)
+
+
+def test_token_fn_without_params_or_extras():
+    hidden, weight, bias, targets, args = make_case(n=20, hidden_size=8, vocab=40, bias=False, n_ignored=3)
+    h = hidden.clone().requires_grad_()
+    loss, _, _, extras = ftl.fused_token_loss(h, weight, None, targets, "tests.weighted_logprob", [args[0]],
+                                              chunk_size=6)
+    loss.backward(torch.tensor(-2.0))
+    h_ref = hidden.clone().requires_grad_()
+    lp = gro_kernels.linear_logprobs(h_ref, weight, targets, backend="naive")
+    ((args[0] * lp).sum() * -2.0).backward()
+    assert extras.shape == (20, 0)
+    torch.testing.assert_close(loss.detach(), (args[0] * lp).sum().detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h.grad, h_ref.grad, rtol=1e-5, atol=1e-6)

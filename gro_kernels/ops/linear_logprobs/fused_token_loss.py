@@ -118,7 +118,7 @@ def _(hidden, weight, bias, targets, token_args, token_params, token_fn, tempera
 
 
 def _setup_context(ctx, inputs, output):
-    ctx.num_token_args = len(inputs[4])
+    ctx.list_lengths = (len(inputs[4]), len(inputs[5]))  # token_args, token_params
     ctx.needs = inputs[11:14]
     ctx.save_for_backward(*output[4:])
     ctx.mark_non_differentiable(*output[1:])
@@ -134,7 +134,10 @@ def _backward(ctx, grad_loss, *_unused):
     # In place: a second copy of dW would double the op's peak memory in backward.
     grads = [g.mul_(grad_loss.to(g.dtype)) if need and ctx.needs_input_grad[i] else None
              for i, (g, need) in enumerate(zip(ctx.saved_tensors, ctx.needs))]
-    return tuple(grads) + (None, [None] * ctx.num_token_args) + (None,) * 9
+    # The gradient structure must mirror the inputs as torch.library flattens them: a list of tensors
+    # gets one None per element; a list of floats is one leaf (None), except an empty list, which is [].
+    args, params = ctx.list_lengths
+    return tuple(grads) + (None, [None] * args, None if params else []) + (None,) * 8
 
 
 fused_token_loss_fwd.register_autograd(_backward, setup_context=_setup_context)
