@@ -141,6 +141,11 @@ def test_logit_softcapping_rejected(tmp_path):
         make_trainer(tmp_path, model=model)
 
 
+def test_unknown_loss_option_is_named(tmp_path):
+    with pytest.raises(ValueError, match="loss_options has unknown key 'entropy_coef:0.01'"):
+        make_trainer(tmp_path, loss_options={"entropy_coef:0.01": None})
+
+
 def test_hybrid_offline_records_checked(tmp_path):
     bad = [{"prompt": "1>", "chosen": "1"}]
     with pytest.raises(ValueError, match=r"offline_data\[0\] lacks \['rejected'\]"):

@@ -93,7 +93,10 @@ def plot_curves(records: list, path) -> Path:
                      color="tab:blue", alpha=0.15)
     ax1.set_xlabel("step")
     ax1.set_ylabel("reward (mean ± std)")
-    ax2.plot(steps, kl, color="tab:red")
+    if any(k == k for k in kl):
+        ax2.plot(steps, kl, color="tab:red")
+    else:
+        ax2.text(0.5, 0.5, "no KL logged (no reference model)", ha="center", va="center", transform=ax2.transAxes)
     ax2.set_xlabel("step")
     ax2.set_ylabel("KL to reference")
     fig.tight_layout()

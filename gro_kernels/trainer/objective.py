@@ -22,7 +22,10 @@ ROW_KEYS = ("advantages", "online", "pair_ids", "chosen", "desirable")
 def preset_for(config) -> ObjectiveConfig:
     """The GRO objective of a run: the preset, loss_options applied, mixed rows for hybrid."""
     base = gro_kernels.PRESETS[config.preset]
-    fields = {f.name for f in dataclasses.fields(ObjectiveConfig)}
+    fields = {f.name for f in dataclasses.fields(ObjectiveConfig)} - {"name", "rows"}
+    for key in config.loss_options:
+        if key not in fields and key != "scale_rewards":
+            raise ValueError(f"loss_options has unknown key '{key}'; allowed: {sorted(fields | {'scale_rewards'})}")
     options = {k: v for k, v in config.loss_options.items() if k in fields}
     if config.mode == "hybrid":
         off = gro_kernels.PRESETS[config.offline_preset]

@@ -108,7 +108,10 @@ def assemble(tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, com
         pos = torch.arange(completion.shape[1], device=completion.device)
         keep = pos[None, :] <= first[:, None]
     completion = completion.masked_fill(~keep, pad)
-    texts = tokenizer.batch_decode(completion.tolist(), skip_special_tokens=True)
+    # The reward sees every generated token before the EOS, special ones included (as their literal text):
+    # skipping them would let a policy pad its answer with invisible tokens for free.
+    lengths = (keep & (completion != eos)).sum(1).tolist()
+    texts = [tokenizer.decode(row[:n], skip_special_tokens=False) for row, n in zip(completion.tolist(), lengths)]
     return Rollout(input_ids=torch.cat([prompt_ids, completion], 1),
                    attention_mask=torch.cat([prompt_mask, keep.long()], 1), prompt_width=prompt_ids.shape[1],
                    completion_mask=keep.float(), completions=texts, prompt_index=list(prompt_index))
