@@ -15,8 +15,6 @@ from . import epilogues
 # chunk run near peak, small enough that extra memory stays flat in N.
 _BUFFER_ELEMENTS = 1 << 24
 
-LAST_EPILOGUE = {"name": None}
-
 
 def default_chunk_size(n_rows: int, vocab: int) -> int:
     env = os.environ.get("GRO_CHUNK_SIZE")
@@ -45,8 +43,7 @@ def forward(hidden, weight, bias, targets, *, inv_temperature, ignore_index, wit
 
     vocab_shard: weight/bias are one vocabulary shard (see epilogues.py); the outputs are the shard's."""
     n, vocab = hidden.shape[0], weight.shape[0]
-    fwd_epilogue, _, name = epilogues.pick(hidden.device.type)
-    LAST_EPILOGUE["name"] = name
+    fwd_epilogue, _, _ = epilogues.pick(hidden.device.type)
     f32 = dict(dtype=torch.float32, device=hidden.device)
     logprobs, lse = torch.empty(n, **f32), torch.empty(n, **f32)
     entropy = torch.empty(n if with_entropy else 0, **f32)
