@@ -211,7 +211,8 @@ def extra_memory(suite, name, shape):
 
 def memory_in_subprocess(suite, name, shape):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cmd = [sys.executable, "-m", "benchmarks.bench_losses", "--memory-worker", suite, name, "--shape", json.dumps(shape)]
+    cmd = [sys.executable, "-m", "benchmarks.bench_losses", "--memory-worker", suite, name,
+           "--shape", json.dumps(shape)]
     out = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"memory worker {suite}/{name} failed:\n{out.stderr[-2000:]}")
@@ -237,9 +238,9 @@ def run_suite(suite, shape, repeats):
 
 
 def environment():
-    return dict(torch=torch.__version__, python=platform.python_version(), cpu=platform.processor() or platform.machine(),
-                threads=torch.get_num_threads(), load_avg=os.getloadavg(), native=gro_kernels.native_status(),
-                liger=_liger_version())
+    return dict(torch=torch.__version__, python=platform.python_version(),
+                cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
+                load_avg=os.getloadavg(), native=gro_kernels.native_status(), liger=_liger_version())
 
 
 def _liger_version():
