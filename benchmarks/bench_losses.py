@@ -11,20 +11,17 @@ then one measured step; extra = peak RSS (VmHWM after /proc/self/clear_refs) abo
 step, minus the gradient outputs (dhidden, dweight) that every method must allocate.
 
     python -m benchmarks.bench_losses [--suites grpo,dpo] [--repeats 3] [--quick] [--out bench_results]
+(run from the repository root; benchmarks.run calls `run` below).
 """
 
 import argparse
 import json
 import os
-import platform
-import statistics
-import subprocess
-import sys
-import time
 
 import torch
 
 import gro_kernels
+from benchmarks import common
 
 SHAPES = {"grpo": dict(B=4, T=1024, H=1024, V=32000), "dpo": dict(B=2, T=2048, H=1024, V=32000)}
 QUICK_SHAPES = {"grpo": dict(B=2, T=128, H=128, V=4000), "dpo": dict(B=2, T=128, H=128, V=4000)}
@@ -181,18 +178,8 @@ def time_suite(suite, shape, repeats):
         # Peers (Liger) only report their difference to the naive loss (the loss_rel_diff column).
         if name.startswith("gro") and abs(value - losses["naive"]) > 1e-4 * max(1.0, abs(losses["naive"])):
             raise RuntimeError(f"{suite}: {name} loss {value} != naive loss {losses['naive']}")
-    times = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return {name: (statistics.median(t), losses[name]) for name, t in times.items()}
-
-
-def _status_bytes(key):
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
+    times = common.time_round_robin(runs, repeats, warmup=0)  # the loss check above was the warm-up
+    return {name: (times[name], losses[name]) for name in runs}
 
 
 def extra_memory(suite, name, shape):
@@ -204,19 +191,17 @@ def extra_memory(suite, name, shape):
     grad_bytes = sum(t.numel() * t.element_size() for t in (x["hidden"], x["weight"]))
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-    base = _status_bytes("VmRSS")
+    base = common.rss_bytes()
     _step(fn, x)
-    return _status_bytes("VmHWM") - base - grad_bytes
+    # Allocator caches can make tiny shapes read slightly below zero: report 0 then, like common.py.
+    return max(0, common.rss_high_water_bytes() - base - grad_bytes)
 
 
 def memory_in_subprocess(suite, name, shape):
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cmd = [sys.executable, "-m", "benchmarks.bench_losses", "--memory-worker", suite, name,
-           "--shape", json.dumps(shape)]
-    out = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"memory worker {suite}/{name} failed:\n{out.stderr[-2000:]}")
-    return int(out.stdout.strip().splitlines()[-1])
+    probe = common.run_memory_probe("benchmarks.bench_losses", [suite, name, json.dumps(shape)])
+    if "error" in probe:
+        raise RuntimeError(f"memory probe {suite}/{name} failed: {probe['error']}")
+    return probe["extra_bytes"]
 
 
 def run_suite(suite, shape, repeats):
@@ -237,19 +222,6 @@ def run_suite(suite, shape, repeats):
     return rows
 
 
-def environment():
-    return dict(torch=torch.__version__, python=platform.python_version(),
-                cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
-                load_avg=os.getloadavg(), native=gro_kernels.native_status(), liger=_liger_version())
-
-
-def _liger_version():
-    try:
-        from importlib.metadata import version
-
-        return version("liger-kernel")
-    except Exception:  # not installed
-        return None
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -262,15 +234,6 @@ def format_table(rows):
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(fmt(r[c]) for c in COLUMNS) + " |" for r in rows]
     return "\n".join(lines)
-
-
-def write_csv(rows, path):
-    import csv
-
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows({c: r[c] for c in COLUMNS} for r in rows)
 
 
 def write_plot(rows, path):
@@ -303,12 +266,12 @@ def run(out_dir="bench_results", suites=("grpo", "dpo"), repeats=3, quick=False)
     """Run the loss suites; write losses.csv, losses.png and losses.json into out_dir; return the rows."""
     os.makedirs(out_dir, exist_ok=True)
     shapes = QUICK_SHAPES if quick else SHAPES
-    env = dict(environment(), load_avg_start=os.getloadavg())
+    env = dict(common.environment(), load_avg_start=os.getloadavg())
     rows = []
     for suite in suites:  # results are written after each suite, so a late failure keeps the earlier ones
         rows += run_suite(suite, shapes[suite], repeats)
         env["load_avg_end"] = os.getloadavg()
-        write_csv(rows, os.path.join(out_dir, "losses.csv"))
+        common.write_csv(os.path.join(out_dir, "losses.csv"), [{c: r[c] for c in COLUMNS} for r in rows])
         write_plot(rows, os.path.join(out_dir, "losses.png"))
         with open(os.path.join(out_dir, "losses.json"), "w") as f:
             json.dump(dict(environment=env, rows=rows), f, indent=1)
@@ -321,15 +284,15 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="small shapes (smoke run)")
     parser.add_argument("--out", default="bench_results")
-    parser.add_argument("--memory-worker", nargs=2, metavar=("SUITE", "METHOD"), help=argparse.SUPPRESS)
-    parser.add_argument("--shape", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-probe", nargs=3, metavar=("SUITE", "METHOD", "SHAPE_JSON"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.memory_worker:
-        print(extra_memory(*args.memory_worker, json.loads(args.shape)))
+    if args.memory_probe:
+        suite, method, shape = args.memory_probe
+        print(json.dumps({"extra_bytes": extra_memory(suite, method, json.loads(shape))}))
         return
     rows = run(args.out, tuple(args.suites.split(",")), args.repeats, args.quick)
     print(format_table(rows))
-    print(json.dumps(environment()))
+    print(json.dumps(common.environment()))
 
 
 if __name__ == "__main__":
