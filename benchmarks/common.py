@@ -35,14 +35,19 @@ def rss_bytes() -> int:
     raise RuntimeError("VmRSS not found in /proc/self/status")
 
 
-def measure_extra_memory(step) -> int:
-    """Peak bytes above the current RSS while `step()` runs (after one warm-up call)."""
+def measure_extra_memory(step, reset=None, exclude_bytes: int = 0) -> int:
+    """Peak bytes above the current RSS while `step()` runs, after one warm-up call.
+
+    reset() runs between the warm-up and the measured call (e.g. drop the warm-up's .grad tensors);
+    exclude_bytes is subtracted (e.g. the gradient outputs every method must allocate)."""
     step()
+    if reset is not None:
+        reset()
     with open("/proc/self/clear_refs", "w") as clear:
         clear.write("5")
     base = rss_bytes()
     step()
-    return max(0, rss_high_water_bytes() - base)
+    return max(0, rss_high_water_bytes() - base - exclude_bytes)
 
 
 def time_round_robin(steps: dict, repeats: int, warmup: int = 1) -> dict:
