@@ -90,6 +90,31 @@ def test_completion_mask_cuts_after_first_eos():
     assert r.attention_mask[:, 2:].tolist() == r.completion_mask.long().tolist()
 
 
+def test_sampling_knobs_are_explicit():
+    """Unset fields would be filled from the checkpoint's generation config (or top_k=50): the sampled
+    distribution must stay softmax(z / T) so the trainer's logprobs describe it."""
+    model = tiny_model()
+    model.generation_config.top_k = 3
+    model.generation_config.repetition_penalty = 1.3
+    seen = {}
+    real = model.generate
+
+    def spy(**kwargs):
+        seen.update(kwargs["generation_config"].to_dict())
+        return real(**kwargs)
+
+    model.generate = spy
+    r = rollout.sample(model, tokenizer(), [tokenizer().encode("12>")], 2, temperature=0.7, top_p=1.0,
+                       max_new_tokens=3)
+    assert seen["top_k"] == 0 and seen["repetition_penalty"] == 1.0 and seen["temperature"] == 0.7
+    assert r.input_ids.shape[0] == 2 and r.prompt_index == [0, 0]
+
+
+def test_not_a_causal_lm_rejected(tmp_path):
+    with pytest.raises(TypeError, match="Hugging Face causal LM"):
+        make_trainer(tmp_path, model=torch.nn.Linear(2, 2))
+
+
 # ----- rewards ----------------------------------------------------------------------------------
 
 def _boom(prompt, completion, **_):

@@ -24,7 +24,7 @@ class HeadInputs:
 
 def check_model(model):
     """Reject models whose logits are not `lm_head(decoder(x))` (softcapping, logit scales)."""
-    if not hasattr(model, "get_decoder") or not callable(model.get_output_embeddings):
+    if not callable(getattr(model, "get_decoder", None)) or not callable(getattr(model, "get_output_embeddings", None)):
         raise TypeError(f"model must be a Hugging Face causal LM with get_decoder() and get_output_embeddings(), "
                         f"got {type(model).__name__}")
     head = model.get_output_embeddings()

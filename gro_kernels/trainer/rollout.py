@@ -86,8 +86,12 @@ def sample(model, tokenizer, prompt_ids: List[List[int]], num_generations: int, 
     ids, mask = pad_left(prompt_ids, pad, device)
     ids = ids.repeat_interleave(num_generations, dim=0)
     mask = mask.repeat_interleave(num_generations, dim=0)
+    # Every sampling knob is explicit: unset fields would be filled from the checkpoint's generation config
+    # or Hugging Face defaults (top_k=50), and the sampled distribution must be softmax(z / T) (top_p aside),
+    # the one the trainer's logprobs describe.
     gen = GenerationConfig(do_sample=not greedy, temperature=None if greedy else temperature,
-                           top_p=None if greedy else top_p, top_k=None, max_new_tokens=max_new_tokens,
+                           top_p=None if greedy else top_p, top_k=0, typical_p=1.0, min_p=None,
+                           repetition_penalty=1.0, no_repeat_ngram_size=0, max_new_tokens=max_new_tokens,
                            min_new_tokens=0, eos_token_id=eos, pad_token_id=pad, bos_token_id=tokenizer.bos_token_id)
     out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
     completion = out[:, ids.shape[1]:]
