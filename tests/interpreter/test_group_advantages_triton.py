@@ -5,7 +5,7 @@ than one BLOCK (several chunks per program) and an unsorted group index."""
 import pytest
 import torch
 
-from gro_kernels.ops.group_advantages import naive, triton_impl
+from gro_kernels.ops.group_advantages import function, naive, triton_impl
 
 
 def _ragged(seed=0):
@@ -22,7 +22,8 @@ def _ragged(seed=0):
                                         ("dr_grpo", "group"), ("rloo", "group")])
 def test_matches_naive(mode, scale):
     rewards, index, groups = _ragged()
-    got = triton_impl.group_advantages(rewards, index, groups, mode, eps=1e-6, scale_rewards=scale)
+    got = function.segmented_advantages(triton_impl.segmented_advantages, rewards, index, groups, mode, eps=1e-6,
+                                        scale_rewards=scale)
     ref = naive.group_advantages_naive(rewards, index, mode, eps=1e-6, scale_rewards=scale)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-6)
@@ -40,11 +41,7 @@ def test_segments_given_as_offsets():
     torch.testing.assert_close(got.double(), ref, rtol=1e-6, atol=1e-7)
 
 
-def test_remax_and_none_pass_through_and_bad_mode():
-    rewards, index, groups = _ragged()
-    baseline = torch.rand(rewards.shape)
-    torch.testing.assert_close(triton_impl.group_advantages(rewards, index, groups, "remax", eps=1e-6,
-                                                            baseline=baseline), rewards - baseline)
-    assert torch.equal(triton_impl.group_advantages(rewards, index, groups, "none", eps=1e-6), rewards)
+def test_bad_mode():
+    rewards, _, _ = _ragged()
     with pytest.raises(ValueError, match="mode"):
         triton_impl.segmented_advantages(rewards, torch.tensor([0, rewards.numel()]), "bogus")

@@ -76,32 +76,6 @@ def segmented_advantages(rewards, offsets, mode: str, *, eps: float = 1e-6):
     return out
 
 
-def group_advantages(rewards, index, groups: int, mode: str, *, eps: float, baseline=None,
-                     scale_rewards: str = "group"):
-    """function.group_advantages with the segmented kernel: a dense group index [B] in [0, groups) is
-    sorted into contiguous segments (stable, on device), the kernel runs, results scatter back."""
-    r = rewards.to(torch.float32)
-    if mode == "none":
-        return r.clone()
-    if mode == "remax":
-        return r - baseline.to(torch.float32)
-    if mode == "grpo" and scale_rewards not in ("group", "batch", "none"):
-        raise ValueError(f"scale_rewards must be one of ('group', 'batch', 'none'), got {scale_rewards!r}")
-    kernel_mode = "grpo_unscaled" if mode == "grpo" and scale_rewards != "group" else mode
-    order = torch.argsort(index, stable=True)
-    counts = torch.bincount(index, minlength=groups)
-    offsets = torch.zeros(groups + 1, dtype=torch.int64, device=r.device)
-    torch.cumsum(counts, 0, out=offsets[1:])
-    out = torch.empty_like(r)
-    out[order] = segmented_advantages(r[order], offsets, kernel_mode, eps=eps)
-    if mode == "grpo" and scale_rewards == "batch":
-        centered = r - r.min()
-        centered = centered - centered.mean()
-        std = (centered.square().sum() / max(r.numel() - 1, 1)).sqrt()
-        out = out / (std + eps)
-    return out
-
-
 def compile_specs(target: str):
     """Kernel variants for the AOT tests (one config on both targets: a memory-bound segmented pass)."""
     from ...triton_aot import KernelSpec
