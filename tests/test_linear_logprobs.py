@@ -178,3 +178,12 @@ def test_selected_backend_reports_the_path(monkeypatch):
     monkeypatch.setenv("GRO_BACKEND", "naive")
     assert gro_kernels.selected_backend("cpu") == "naive"
     assert "gro_kernels._C" in gro_kernels.native_status()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_empty_batch_backward_gives_zero_weight_grad(dtype):
+    hidden = torch.randn(0, 8, dtype=dtype, requires_grad=True)
+    weight = torch.randn(20, 8, dtype=dtype, requires_grad=True)
+    bias = torch.randn(20, dtype=dtype, requires_grad=True)
+    gro_kernels.linear_logprobs(hidden, weight, torch.zeros(0, dtype=torch.long), bias).sum().backward()
+    assert weight.grad.shape == (20, 8) and torch.all(weight.grad == 0) and torch.all(bias.grad == 0)
