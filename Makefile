@@ -2,7 +2,6 @@
 PY ?= python3
 PIP = $(PY) -m pip
 TORCH_PIN ?= torch==2.14.1
-# pytest exit code 5 means "no tests collected"; every other non-zero code fails the target.
 PYTEST = $(PY) -m pytest
 
 .PHONY: setup setup-peers test test-main test-interpreter test-aot bench demo
