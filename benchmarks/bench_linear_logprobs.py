@@ -178,10 +178,12 @@ def plot(rows, path):
             if not pts:
                 continue
             ns = [n for n, _ in pts]
-            axes[0][col].plot(ns, [r["seconds"] for _, r in pts], marker="o", label=method)
-            mem = [(n, r.get("extra_mb")) for n, r in pts if r.get("extra_mb") is not None]
+            style = dict(marker="o", label=method, color=f"C{METHODS.index(method)}")
+            axes[0][col].plot(ns, [r["seconds"] for _, r in pts], **style)
+            # Log axis: readings below 1 MiB (allocator noise around 0) are drawn at 1 MiB.
+            mem = [(n, max(r["extra_mb"], 1.0)) for n, r in pts if r.get("extra_mb") not in (None, "")]
             if mem:
-                axes[1][col].plot([n for n, _ in mem], [m for _, m in mem], marker="o", label=method)
+                axes[1][col].plot([n for n, _ in mem], [m for _, m in mem], **style)
         h = sweep[[r["V"] for r in sweep].index(v)]["H"]
         axes[0][col].set(title=f"fwd+bwd time, H={h}, V={v}", xlabel="tokens N", ylabel="seconds", xscale="log")
         axes[1][col].set(title=f"extra peak memory, H={h}, V={v}", xlabel="tokens N", ylabel="MiB",
