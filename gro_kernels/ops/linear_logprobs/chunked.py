@@ -67,12 +67,13 @@ class GradAccumulators:
         f32 = dict(dtype=torch.float32, device=hidden.device)
         self.dtype = hidden.dtype
         self.needs_cast = hidden.dtype != torch.float32
-        self.d_hidden = torch.zeros_like(hidden) if needs_hidden else None
-        # dweight/dbias accumulate over chunks in fp32, whatever the input dtype. The first chunk
-        # writes dweight (no zero-fill and re-read of a [V, H] tensor); result() zeroes it if no chunk came.
+        # Every chunk writes its own dhidden rows, and the first chunk writes dweight (no zero-fill and
+        # re-read of a [V, H] tensor); result() zeroes both only if no chunk came. dweight/dbias
+        # accumulate over chunks in fp32, whatever the input dtype.
+        self.d_hidden = torch.empty_like(hidden) if needs_hidden else None
         self.d_weight = torch.empty(weight.shape, **f32) if needs_weight else None
-        self.weight_written = False
         self.d_bias = torch.zeros(weight.shape[0], **f32) if needs_bias else None
+        self.written = False
 
     def add_chunk(self, z, g32, hidden, weight, start, end):
         """Rows start:end; g32 holds their fp32 dLoss/dlogits, z is the input-dtype buffer it came from."""
@@ -82,19 +83,21 @@ class GradAccumulators:
         if self.d_weight is not None:
             if self.needs_cast:
                 update = torch.mm(g.t(), hidden[start:end])
-                self.d_weight.add_(update) if self.weight_written else self.d_weight.copy_(update)
-            elif self.weight_written:
+                self.d_weight.add_(update) if self.written else self.d_weight.copy_(update)
+            elif self.written:
                 self.d_weight.addmm_(g.t(), hidden[start:end])
             else:
                 torch.mm(g.t(), hidden[start:end], out=self.d_weight)
-            self.weight_written = True
         if self.d_bias is not None:
             self.d_bias.add_(g32.sum(0))
+        self.written = True
 
     def result(self):
         """(dhidden, dweight, dbias) in the input dtype, None where not needed."""
-        if self.d_weight is not None and not self.weight_written:
-            self.d_weight.zero_()
+        if not self.written:
+            for grad in (self.d_hidden, self.d_weight):
+                if grad is not None:
+                    grad.zero_()
         cast = (lambda t: t if t is None else t.to(self.dtype)) if self.needs_cast else (lambda t: t)
         return self.d_hidden, cast(self.d_weight), cast(self.d_bias)
 
