@@ -122,6 +122,9 @@ def _setup_context(ctx, inputs, output):
     ctx.needs = inputs[11:14]
     ctx.save_for_backward(*output[4:])
     ctx.mark_non_differentiable(*output[1:])
+    # Only the loss is differentiable: do not materialize zero gradients for the other outputs (one
+    # of them is the [V, H] dweight, whose zero-fill alone costs a pass over the head).
+    ctx.set_materialize_grads(False)
     ctx.consumed = False
 
 
