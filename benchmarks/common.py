@@ -124,6 +124,14 @@ def write_csv(path: str, rows: list):
         writer.writerows(rows)
 
 
+def write_text(path: str, text: str):
+    """Write a results file (creating its folder) and echo it to stdout."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+    print(text)
+
+
 def format_table(rows: list, columns: list) -> str:
     """A Markdown table of `rows` (dicts) restricted to `columns` (key, header, format)."""
     header = "| " + " | ".join(h for _, h, _ in columns) + " |"

@@ -16,6 +16,7 @@ import argparse
 import math
 import os
 
+from benchmarks import common
 from gro_kernels.ops.linear_logprobs.triton_impl import CONFIGS, GROUP_N
 
 # Dense bf16 tensor-core peak, HBM bandwidth (datasheet figures, SXM parts), SM count.
@@ -96,11 +97,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "roofline.md"))
     args = parser.parse_args()
-    text = markdown(rows())
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text)
-    print(text)
+    common.write_text(args.out, markdown(rows()))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import os
 import torch
 import triton
 
+from benchmarks import common
 from gro_kernels import triton_aot
 from gro_kernels.ops.group_advantages import triton_impl as adv_triton
 from gro_kernels.ops.linear_logprobs import triton_impl as lp_triton
@@ -35,10 +36,7 @@ def main():
     args = parser.parse_args()
     text = (f"Triton {triton.__version__}, torch {torch.__version__}; ptxas bundled with Triton; shared memory "
             f"from the compile metadata (dynamic shared memory).\n\n" + triton_aot.markdown_table(all_resources()))
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text)
-    print(text)
+    common.write_text(args.out, text)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ under TRITON_INTERPRET=1), "chunked" keeps Triton off (native kernels, else torc
 plain torch, unset or "auto" picks by device.
 """
 
+import importlib
 import os
 
 BACKENDS = ("auto", "naive", "chunked", "triton")
@@ -18,3 +19,11 @@ def requested_backend() -> str:
     if backend not in BACKENDS:
         raise ValueError(f"GRO_BACKEND must be one of {BACKENDS}, got {backend!r}")
     return backend
+
+
+def optional_triton_impl(op_package: str):
+    """The op's triton_impl module (`<op_package>.triton_impl`), or None when Triton is not installed."""
+    try:
+        return importlib.import_module(f"{op_package}.triton_impl")
+    except ImportError:
+        return None

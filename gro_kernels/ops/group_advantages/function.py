@@ -22,12 +22,7 @@ _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
 
 @functools.cache
 def _triton_impl():
-    """ops/group_advantages/triton_impl, or None when Triton is not installed."""
-    try:
-        from . import triton_impl
-    except ImportError:
-        return None
-    return triton_impl
+    return _dispatch.optional_triton_impl(__package__)
 
 
 def _native_usable(device_type: str) -> bool:

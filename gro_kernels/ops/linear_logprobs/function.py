@@ -6,15 +6,14 @@ recomputes the logits chunk by chunk. Backends plug in below as (forward, backwa
 """
 
 import functools
-import os
 from typing import Optional
 
 import torch
 
-from ... import _ext
+from ... import _dispatch, _ext
 from . import chunked, naive
 
-BACKENDS = ("auto", "naive", "chunked", "triton")
+BACKENDS = _dispatch.BACKENDS
 
 
 def _triton_pair():
@@ -71,9 +70,7 @@ def resolve_backend(backend: str, device: torch.device, hidden_size: Optional[in
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        backend = os.environ.get("GRO_BACKEND", "auto")
-        if backend not in BACKENDS:
-            raise ValueError(f"GRO_BACKEND must be one of {BACKENDS}, got {backend!r}")
+        backend = _dispatch.requested_backend()
     if backend != "auto":
         return backend
     if not triton_usable(device):

@@ -51,12 +51,7 @@ def _at_least_one(count):
 
 @functools.cache
 def _triton_impl():
-    """ops/policy_loss/triton_impl, or None when Triton is not installed."""
-    try:
-        from . import triton_impl
-    except ImportError:
-        return None
-    return triton_impl
+    return _dispatch.optional_triton_impl(__package__)
 
 
 def select_token_impl(device: torch.device) -> str:
