@@ -37,8 +37,11 @@ SCRIPT = textwrap.dedent("""
 
 
 def extra_bytes(n, h, v, chunk, backend):
+    # A fixed glibc mmap threshold: otherwise it grows after the first large free, later buffers come
+    # from the heap and stay resident, and the reading depends on allocation history.
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     out = subprocess.run([sys.executable, "-c", SCRIPT, str(n), str(h), str(v), str(chunk), backend],
-                         capture_output=True, text=True, timeout=300, check=True)
+                         capture_output=True, text=True, timeout=300, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])["extra"]
 
 
