@@ -11,17 +11,32 @@
 
 namespace gro {
 
-inline void check_logits_chunk(const at::Tensor& logits, const at::Tensor& targets, c10::DeviceType device) {
+// Layout of a logits chunk [rows, vocab]: token-major (each row contiguous) or vocab-major (each
+// column contiguous: the transpose of a [vocab, rows] GEMM output). See csrc/cpu/logprob_epilogue.h.
+enum class ChunkLayout { kTokenMajor, kVocabMajor };
+
+// allow_vocab_major: the device has vocab-major kernels (CPU); otherwise rows must be contiguous.
+inline ChunkLayout check_logits_chunk(const at::Tensor& logits, const at::Tensor& targets, c10::DeviceType device,
+                                      bool allow_vocab_major) {
   TORCH_CHECK(logits.device().type() == device, "gro_C: logits must be on ", device, ", got ", logits.device());
   TORCH_CHECK(logits.dim() == 2, "gro_C: logits must be 2-D [rows, vocab], got shape ", logits.sizes());
   TORCH_CHECK(logits.scalar_type() == at::kFloat, "gro_C: logits must be float32, got ", logits.scalar_type());
-  TORCH_CHECK(logits.stride(1) == 1, "gro_C: logits rows must be contiguous (stride(1) == 1), got strides ",
-              logits.strides());
+  // The stride of a dimension of size <= 1 is never used, so it may be anything.
+  const bool token_major = logits.stride(1) == 1 && (logits.size(0) <= 1 || logits.stride(0) >= logits.size(1));
+  const bool vocab_major = logits.stride(0) == 1 && (logits.size(1) <= 1 || logits.stride(1) >= logits.size(0));
+  if (allow_vocab_major) {
+    TORCH_CHECK(token_major || vocab_major, "gro_C: logits must have contiguous rows (stride(1) == 1) or contiguous "
+                "columns (stride(0) == 1), got strides ", logits.strides(), " for shape ", logits.sizes());
+  } else {
+    TORCH_CHECK(token_major, "gro_C: logits rows must be contiguous (stride(1) == 1), got strides ", logits.strides(),
+                " for shape ", logits.sizes());
+  }
   TORCH_CHECK(targets.device() == logits.device(), "gro_C: targets must be on ", logits.device(), ", got ",
               targets.device());
   TORCH_CHECK(targets.dim() == 1 && targets.size(0) == logits.size(0) && targets.is_contiguous(),
               "gro_C: targets must be contiguous [", logits.size(0), "], got shape ", targets.sizes());
   TORCH_CHECK(targets.scalar_type() == at::kLong, "gro_C: targets must be int64, got ", targets.scalar_type());
+  return token_major ? ChunkLayout::kTokenMajor : ChunkLayout::kVocabMajor;
 }
 
 inline void check_row_vector(const at::Tensor& t, const at::Tensor& logits, const char* name) {

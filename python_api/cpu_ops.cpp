@@ -22,22 +22,24 @@ void check_targets_in_range(const at::Tensor& targets, int64_t vocab, int64_t ig
 void logprob_forward_cpu(const at::Tensor& logits, const at::Tensor& targets, double inv_temperature,
                          int64_t ignore_index, const at::Tensor& logprob, const at::Tensor& lse,
                          const std::optional<at::Tensor>& entropy, bool vocab_shard) {
-  gro::check_logits_chunk(logits, targets, c10::DeviceType::CPU);
+  const gro::ChunkLayout layout = gro::check_logits_chunk(logits, targets, c10::DeviceType::CPU, true);
   gro::check_row_vector(logprob, logits, "logprob");
   gro::check_row_vector(lse, logits, "lse");
   if (entropy.has_value()) gro::check_row_vector(*entropy, logits, "entropy");
   // On a vocabulary shard, ids outside [0, vocab) are other shards' tokens (the kernel reads no logit for them).
   if (!vocab_shard) check_targets_in_range(targets, logits.size(1), ignore_index);
-  gro::cpu::logprob_forward(logits.data_ptr<float>(), logits.size(0), logits.size(1), logits.stride(0),
-                            targets.data_ptr<int64_t>(), static_cast<float>(inv_temperature), ignore_index,
-                            logprob.data_ptr<float>(), entropy.has_value() ? entropy->data_ptr<float>() : nullptr,
-                            lse.data_ptr<float>(), at::get_num_threads());
+  const auto forward = layout == gro::ChunkLayout::kTokenMajor ? &gro::cpu::logprob_forward
+                                                                : &gro::cpu::logprob_forward_vocab_major;
+  const int64_t ld = layout == gro::ChunkLayout::kTokenMajor ? logits.stride(0) : logits.stride(1);
+  forward(logits.data_ptr<float>(), logits.size(0), logits.size(1), ld, targets.data_ptr<int64_t>(),
+          static_cast<float>(inv_temperature), ignore_index, logprob.data_ptr<float>(),
+          entropy.has_value() ? entropy->data_ptr<float>() : nullptr, lse.data_ptr<float>(), at::get_num_threads());
 }
 
 void logit_grad_cpu(const at::Tensor& logits, const at::Tensor& targets, double inv_temperature, int64_t ignore_index,
                     const at::Tensor& lse, const std::optional<at::Tensor>& entropy, const at::Tensor& grad_logprob,
                     const std::optional<at::Tensor>& grad_entropy, bool vocab_shard) {
-  gro::check_logits_chunk(logits, targets, c10::DeviceType::CPU);
+  const gro::ChunkLayout layout = gro::check_logits_chunk(logits, targets, c10::DeviceType::CPU, true);
   gro::check_row_vector(lse, logits, "lse");
   gro::check_row_vector(grad_logprob, logits, "grad_logprob");
   TORCH_CHECK(grad_entropy.has_value() == entropy.has_value(),
@@ -47,12 +49,13 @@ void logit_grad_cpu(const at::Tensor& logits, const at::Tensor& targets, double 
     gro::check_row_vector(*entropy, logits, "entropy");
   }
   if (!vocab_shard) check_targets_in_range(targets, logits.size(1), ignore_index);
-  gro::cpu::logit_grad_inplace(logits.data_ptr<float>(), logits.size(0), logits.size(1), logits.stride(0),
-                               targets.data_ptr<int64_t>(), static_cast<float>(inv_temperature), ignore_index,
-                               lse.data_ptr<float>(), entropy.has_value() ? entropy->data_ptr<float>() : nullptr,
-                               grad_logprob.data_ptr<float>(),
-                               grad_entropy.has_value() ? grad_entropy->data_ptr<float>() : nullptr,
-                               at::get_num_threads());
+  const auto logit_grad = layout == gro::ChunkLayout::kTokenMajor ? &gro::cpu::logit_grad_inplace
+                                                                   : &gro::cpu::logit_grad_inplace_vocab_major;
+  const int64_t ld = layout == gro::ChunkLayout::kTokenMajor ? logits.stride(0) : logits.stride(1);
+  logit_grad(logits.data_ptr<float>(), logits.size(0), logits.size(1), ld, targets.data_ptr<int64_t>(),
+             static_cast<float>(inv_temperature), ignore_index, lse.data_ptr<float>(),
+             entropy.has_value() ? entropy->data_ptr<float>() : nullptr, grad_logprob.data_ptr<float>(),
+             grad_entropy.has_value() ? grad_entropy->data_ptr<float>() : nullptr, at::get_num_threads());
 }
 
 void check_offsets_partition(const at::Tensor& offsets, int64_t batch) {

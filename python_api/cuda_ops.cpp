@@ -31,7 +31,7 @@ void check_chunk_fits_grid(const at::Tensor& logits) {
 void logprob_forward_cuda(const at::Tensor& logits, const at::Tensor& targets, double inv_temperature,
                           int64_t ignore_index, const at::Tensor& logprob, const at::Tensor& lse,
                           const std::optional<at::Tensor>& entropy, bool vocab_shard) {
-  gro::check_logits_chunk(logits, targets, c10::DeviceType::CUDA);
+  gro::check_logits_chunk(logits, targets, c10::DeviceType::CUDA, /*allow_vocab_major=*/false);
   gro::check_row_vector(logprob, logits, "logprob");
   gro::check_row_vector(lse, logits, "lse");
   if (entropy.has_value()) gro::check_row_vector(*entropy, logits, "entropy");
@@ -51,7 +51,7 @@ void logit_grad_cuda(const at::Tensor& logits, const at::Tensor& targets, double
                      int64_t ignore_index, const at::Tensor& lse, const std::optional<at::Tensor>& entropy,
                      const at::Tensor& grad_logprob, const std::optional<at::Tensor>& grad_entropy,
                      bool vocab_shard) {
-  gro::check_logits_chunk(logits, targets, c10::DeviceType::CUDA);
+  gro::check_logits_chunk(logits, targets, c10::DeviceType::CUDA, /*allow_vocab_major=*/false);
   gro::check_row_vector(lse, logits, "lse");
   gro::check_row_vector(grad_logprob, logits, "grad_logprob");
   TORCH_CHECK(grad_entropy.has_value() == entropy.has_value(),

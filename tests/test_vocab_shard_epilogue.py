@@ -21,14 +21,17 @@ if _ext.native_available("cpu"):
     IMPLS["native"] = (epilogues.forward_native, epilogues.backward_native)
 
 
-def _chunk(seed=0):
+def _chunk(seed=0, layout="token-major"):
+    """Logits [rows, VOCAB] with contiguous rows, or contiguous columns (the CPU chunk layout)."""
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(len(LOCAL_TARGETS), VOCAB, generator=g) * 2, torch.tensor(LOCAL_TARGETS)
+    z = torch.randn(len(LOCAL_TARGETS), VOCAB, generator=g) * 2
+    return (z if layout == "token-major" else z.t().contiguous().t()), torch.tensor(LOCAL_TARGETS)
 
 
+@pytest.mark.parametrize("layout", ["token-major", "vocab-major"])
 @pytest.mark.parametrize("impl", list(IMPLS))
-def test_forward_on_a_shard(impl):
-    z, y = _chunk()
+def test_forward_on_a_shard(impl, layout):
+    z, y = _chunk(layout=layout)
     rows, tau = len(LOCAL_TARGETS), 0.7
     logprob, lse, entropy = torch.empty(rows), torch.empty(rows), torch.empty(rows)
     IMPLS[impl][0](z, y, 1.0 / tau, IGNORE, logprob, lse, entropy, True)
@@ -42,10 +45,11 @@ def test_forward_on_a_shard(impl):
     torch.testing.assert_close(entropy.double(), want_ent, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("layout", ["token-major", "vocab-major"])
 @pytest.mark.parametrize("impl", list(IMPLS))
 @pytest.mark.parametrize("with_entropy", [True, False])
-def test_backward_on_a_shard(impl, with_entropy):
-    z, y = _chunk(1)
+def test_backward_on_a_shard(impl, with_entropy, layout):
+    z, y = _chunk(1, layout)
     rows, tau = len(LOCAL_TARGETS), 1.3
     g = torch.Generator().manual_seed(2)
     # The full vocabulary's lse is larger than the shard's: p sums to less than 1 on the shard.

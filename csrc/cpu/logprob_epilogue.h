@@ -1,7 +1,15 @@
 // Native CPU epilogues of the chunked linear_logprobs backend (torch-free).
 //
-// Both functions take one chunk of logits z [rows, vocab] (fp32, row stride `ld`) that a GEMM just
-// wrote, and work row-parallel with OpenMP, vectorized over the vocabulary.
+// Each function takes one chunk of logits z [rows, vocab] (fp32) that a GEMM just wrote, in one of
+// two layouts:
+// - token-major: z(r, v) at logits[r * ld + v] (ld >= vocab); row-parallel with OpenMP,
+//   vectorized over the vocabulary;
+// - vocab-major: z(r, v) at logits[v * ld + r] (ld >= rows), i.e. the GEMM wrote W h^T [vocab, rows];
+//   vocabulary-parallel with OpenMP, vectorized over the tokens. On CPU the BLAS writes this layout
+//   at the speed of one unchunked GEMM, and the token-major [rows, vocab] layout ~10% slower (the
+//   backward GEMMs read either layout at full speed), so the chunked backend uses this one on CPU.
+// Both layouts compute the same quantities with the same formulas (row_math.h); they may differ
+// in fp32 rounding only (a different blocking of the vocabulary sums).
 #pragma once
 
 #include <stdint.h>
@@ -26,6 +34,16 @@ void logprob_forward(const float* logits, int64_t rows, int64_t vocab, int64_t l
 void logit_grad_inplace(float* logits, int64_t rows, int64_t vocab, int64_t ld, const int64_t* targets,
                         float inv_temperature, int64_t ignore_index, const float* lse, const float* entropy,
                         const float* g_logprob, const float* g_entropy, int num_threads);
+
+// The same two epilogues on a vocab-major chunk (see the top of this file); same contracts.
+void logprob_forward_vocab_major(const float* logits, int64_t rows, int64_t vocab, int64_t ld,
+                                 const int64_t* targets, float inv_temperature, int64_t ignore_index, float* logprob,
+                                 float* entropy, float* lse, int num_threads);
+
+void logit_grad_inplace_vocab_major(float* logits, int64_t rows, int64_t vocab, int64_t ld, const int64_t* targets,
+                                    float inv_temperature, int64_t ignore_index, const float* lse,
+                                    const float* entropy, const float* g_logprob, const float* g_entropy,
+                                    int num_threads);
 
 }  // namespace cpu
 }  // namespace gro

@@ -24,17 +24,48 @@ def default_chunk_size(n_rows: int, vocab: int) -> int:
     return max(1, min(n_rows, rows))
 
 
-def _chunk_logits(hidden_rows, weight, bias, out):
-    if bias is None:
-        return torch.mm(hidden_rows, weight.t(), out=out)
-    return torch.addmm(bias, hidden_rows, weight.t(), out=out)
+class ChunkBuffer:
+    """The bounded logits buffer of a chunk loop, and the GEMM that fills it.
 
+    Layout: on CPU the chunk is computed as W h^T into a [V, rows] buffer and used through its
+    transpose (a vocab-major [rows, V] view): the CPU BLAS (MKL) writes that layout as fast as one
+    unchunked GEMM, the token-major [rows, V] one ~10% slower (N 4096, H 1024, V 32000, rows 512:
+    0.94 s vs 0.83 s for the logits of all chunks), and the dhidden/dW GEMMs read either layout at
+    full speed. The native CPU epilogues take both layouts. Elsewhere (cuBLAS) it is token-major.
+    Low-precision chunks get an fp32 scratch of the same layout for the epilogue.
+    """
 
-def _as_fp32(z, scratch):
-    """The chunk as fp32 for the epilogue (a copy only for low-precision inputs)."""
-    if z.dtype == torch.float32:
-        return z
-    return scratch[: z.shape[0]].copy_(z)
+    def __init__(self, rows, vocab, dtype, device):
+        self.vocab = vocab
+        self.vocab_major = torch.device(device).type == "cpu"
+        self.storage = torch.empty(rows * vocab, dtype=dtype, device=device)
+        needs_scratch = dtype != torch.float32
+        self.scratch = torch.empty(rows * vocab, dtype=torch.float32, device=device) if needs_scratch else None
+
+    def _view(self, storage, rows):
+        if self.vocab_major:
+            return storage[: rows * self.vocab].view(self.vocab, rows).t()
+        return storage[: rows * self.vocab].view(rows, self.vocab)
+
+    def logits(self, hidden_rows, weight, bias):
+        """z [rows, V] = hidden_rows @ weight^T (+ bias) in the input dtype, a view of the buffer."""
+        out = self._view(self.storage, hidden_rows.shape[0])
+        if self.vocab_major:
+            zt = out.t()  # [V, rows], contiguous
+            if bias is None:
+                torch.mm(weight, hidden_rows.t(), out=zt)
+            else:
+                torch.addmm(bias.unsqueeze(1), weight, hidden_rows.t(), out=zt)
+            return out
+        if bias is None:
+            return torch.mm(hidden_rows, weight.t(), out=out)
+        return torch.addmm(bias, hidden_rows, weight.t(), out=out)
+
+    def as_fp32(self, z):
+        """The chunk as fp32 for the epilogue (a copy into the scratch only for low-precision inputs)."""
+        if z.dtype == torch.float32:
+            return z
+        return self._view(self.scratch, z.shape[0]).copy_(z)
 
 
 def forward(hidden, weight, bias, targets, *, inv_temperature, ignore_index, with_entropy, chunk_size,
@@ -50,12 +81,11 @@ def forward(hidden, weight, bias, targets, *, inv_temperature, ignore_index, wit
     if n == 0:
         return logprobs, entropy, lse
     rows = min(chunk_size, n)
-    buffer = torch.empty(rows, vocab, dtype=hidden.dtype, device=hidden.device)
-    scratch = buffer if hidden.dtype == torch.float32 else torch.empty(rows, vocab, **f32)
+    buffer = ChunkBuffer(rows, vocab, hidden.dtype, hidden.device)
     for start in range(0, n, rows):
         end = min(start + rows, n)
-        z = _chunk_logits(hidden[start:end], weight, bias, buffer[: end - start])
-        fwd_epilogue(_as_fp32(z, scratch), targets[start:end], inv_temperature, ignore_index,
+        z = buffer.logits(hidden[start:end], weight, bias)
+        fwd_epilogue(buffer.as_fp32(z), targets[start:end], inv_temperature, ignore_index,
                      logprobs[start:end], lse[start:end], entropy[start:end] if with_entropy else None, vocab_shard)
     return logprobs, entropy, lse
 
@@ -113,12 +143,11 @@ def backward(grad_logprobs, grad_entropy, hidden, weight, bias, targets, lse, en
     grads = GradAccumulators(hidden, weight, needs_hidden, needs_weight, needs_bias)
     if n > 0 and (needs_hidden or needs_weight or needs_bias):
         rows = min(chunk_size, n)
-        buffer = torch.empty(rows, vocab, dtype=hidden.dtype, device=hidden.device)
-        scratch = torch.empty(rows, vocab, dtype=torch.float32, device=hidden.device) if grads.needs_cast else buffer
+        buffer = ChunkBuffer(rows, vocab, hidden.dtype, hidden.device)
         for start in range(0, n, rows):
             end = min(start + rows, n)
-            z = _chunk_logits(hidden[start:end], weight, bias, buffer[: end - start])
-            g32 = _as_fp32(z, scratch)
+            z = buffer.logits(hidden[start:end], weight, bias)
+            g32 = buffer.as_fp32(z)
             bwd_epilogue(g32, targets[start:end], inv_temperature, ignore_index, lse[start:end],
                          entropy[start:end] if grad_entropy is not None else None, grad_logprobs[start:end],
                          grad_entropy[start:end] if grad_entropy is not None else None, vocab_shard)

@@ -72,13 +72,12 @@ def forward_with_grads(hidden, weight, bias, targets, token_fn, token_args, toke
     grads = chunked.GradAccumulators(hidden, weight, needs_hidden, needs_weight, needs_bias)
     any_grad = needs_hidden or needs_weight or needs_bias
     rows = min(chunk_size, max(n, 1))
-    buffer = torch.empty(rows, vocab, dtype=hidden.dtype, device=hidden.device)
-    scratch = buffer if hidden.dtype == torch.float32 else torch.empty(rows, vocab, **f32)
+    buffer = chunked.ChunkBuffer(rows, vocab, hidden.dtype, hidden.device)
     for start in range(0, n, rows):
         end = min(start + rows, n)
         y, ent = targets[start:end], entropy[start:end] if with_entropy else None
-        z = chunked._chunk_logits(hidden[start:end], weight, bias, buffer[: end - start])
-        z32 = chunked._as_fp32(z, scratch)
+        z = buffer.logits(hidden[start:end], weight, bias)
+        z32 = buffer.as_fp32(z)
         fwd_epilogue(z32, y, inv_temperature, ignore_index, logprobs[start:end], lse[start:end], ent)
         chunk_loss, g_l, g_h, chunk_extras = _call_token_fn(
             fn, num_extras, logprobs[start:end], ent, [a[start:end] for a in token_args], list(token_params))
