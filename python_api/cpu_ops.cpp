@@ -26,6 +26,7 @@ void logprob_forward_cpu(const at::Tensor& logits, const at::Tensor& targets, do
   gro::check_row_vector(logprob, logits, "logprob");
   gro::check_row_vector(lse, logits, "lse");
   if (entropy.has_value()) gro::check_row_vector(*entropy, logits, "entropy");
+  TORCH_CHECK(inv_temperature > 0.0, "gro_C: inv_temperature must be > 0, got ", inv_temperature);
   // On a vocabulary shard, ids outside [0, vocab) are other shards' tokens (the kernel reads no logit for them).
   if (!vocab_shard) check_targets_in_range(targets, logits.size(1), ignore_index);
   const auto forward = layout == gro::ChunkLayout::kTokenMajor ? &gro::cpu::logprob_forward
@@ -58,6 +59,25 @@ void logit_grad_cpu(const at::Tensor& logits, const at::Tensor& targets, double 
              grad_entropy.has_value() ? grad_entropy->data_ptr<float>() : nullptr, at::get_num_threads());
 }
 
+void logprob_forward_exp_cpu(const at::Tensor& logits, const at::Tensor& targets, double inv_temperature,
+                             int64_t ignore_index, const at::Tensor& logprob, const at::Tensor& lse,
+                             const std::optional<at::Tensor>& entropy, const at::Tensor& exp_scale) {
+  const gro::ChunkLayout layout = gro::check_logits_chunk(logits, targets, c10::DeviceType::CPU, true);
+  gro::check_row_vector(logprob, logits, "logprob");
+  gro::check_row_vector(lse, logits, "lse");
+  gro::check_row_vector(exp_scale, logits, "exp_scale");
+  if (entropy.has_value()) gro::check_row_vector(*entropy, logits, "entropy");
+  TORCH_CHECK(inv_temperature > 0.0, "gro_C: inv_temperature must be > 0, got ", inv_temperature);
+  check_targets_in_range(targets, logits.size(1), ignore_index);
+  const bool vocab_major = layout == gro::ChunkLayout::kVocabMajor;
+  gro::cpu::logprob_forward_exp(logits.data_ptr<float>(), logits.size(0), logits.size(1),
+                                vocab_major ? logits.stride(1) : logits.stride(0), vocab_major,
+                                targets.data_ptr<int64_t>(), static_cast<float>(inv_temperature),
+                                ignore_index, logprob.data_ptr<float>(),
+                                entropy.has_value() ? entropy->data_ptr<float>() : nullptr, lse.data_ptr<float>(),
+                                exp_scale.data_ptr<float>(), at::get_num_threads());
+}
+
 void check_offsets_partition(const at::Tensor& offsets, int64_t batch) {
   // Malformed offsets would make a group read outside `rewards`: refuse them here.
   const int64_t* o = offsets.data_ptr<int64_t>();
@@ -86,5 +106,6 @@ at::Tensor group_advantages_cpu(const at::Tensor& rewards, const at::Tensor& off
 TORCH_LIBRARY_IMPL(gro_C, CPU, m) {
   m.impl("logprob_forward", &logprob_forward_cpu);
   m.impl("logit_grad_", &logit_grad_cpu);
+  m.impl("logprob_forward_exp_", &logprob_forward_exp_cpu);
   m.impl("group_advantages", &group_advantages_cpu);
 }

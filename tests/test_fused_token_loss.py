@@ -77,6 +77,8 @@ CASES = [
     pytest.param(dict(n=64, hidden_size=32, vocab=300, bias=False), 1.0, False, id="basic"),
     pytest.param(dict(n=65, hidden_size=24, vocab=257, bias=True, n_ignored=9), 1.0, False, id="bias-ignored-tail"),
     pytest.param(dict(n=40, hidden_size=16, vocab=211, bias=True, n_ignored=5), 0.7, True, id="temp0.7-entropy"),
+    # Without entropy the CPU path folds dLoss/dlogits into the GEMMs (no backward epilogue).
+    pytest.param(dict(n=40, hidden_size=16, vocab=211, bias=True, n_ignored=5), 0.7, False, id="temp0.7-no-entropy"),
     pytest.param(dict(n=1, hidden_size=8, vocab=50, bias=False), 1.0, True, id="one-token"),
 ]
 
@@ -111,6 +113,24 @@ def test_ignored_rows_zero_gradient_and_extras():
     assert extras.shape == (30, 2) and not extras.requires_grad and not logprobs.requires_grad
     ratio = torch.exp(torch.clamp(logprobs - args[1], -20, 20))
     torch.testing.assert_close(extras[:, 1], ratio)
+
+
+def test_ignored_rows_get_exactly_zero_gradient_without_entropy():
+    # The folded CPU path (no backward epilogue): an ignored row whose token function gradient is nonzero
+    # must still give exactly zero dhidden and leave dW/db unchanged, whatever its hidden state holds.
+    hidden, weight, bias, targets, args = make_case(n=30, hidden_size=16, vocab=97, bias=True, n_ignored=10)
+    args[2] = torch.ones(30)
+    ignored = targets == -100
+    grads = []
+    for scale in (1.0, 1e3):
+        h = torch.where(ignored.unsqueeze(1), hidden * scale, hidden).requires_grad_()
+        w, b = weight.clone().requires_grad_(), bias.clone().requires_grad_()
+        loss, *_ = ftl.fused_token_loss(h, w, b, targets, "tests.clipped_surrogate", args, [0.0], chunk_size=7)
+        loss.backward()
+        assert torch.all(h.grad[ignored] == 0)
+        grads.append((h.grad[~ignored], w.grad, b.grad))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_chunk_size_independent():
@@ -202,10 +222,11 @@ def test_token_fn_without_params_or_extras():
     torch.testing.assert_close(h.grad, h_ref.grad, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("with_entropy", [True, False])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_low_precision_matches_plain_path(dtype):
+def test_low_precision_matches_plain_path(dtype, with_entropy):
     hidden, weight, bias, targets, args = make_case(n=48, hidden_size=32, vocab=300, bias=True, n_ignored=4)
-    kw = dict(temperature=1.0, with_entropy=True, c_entropy=0.05, grad_output=0.37)
+    kw = dict(temperature=1.0, with_entropy=with_entropy, c_entropy=0.05, grad_output=0.37)
     cast = [t.to(dtype) for t in (hidden, weight, bias)]
     plain = run_plain(*cast, targets, args, **kw)
     fused = run_fused(*cast, targets, args, chunk_size=16, **kw)

@@ -26,17 +26,21 @@ GRO_HD float bits_to_float(int32_t i) {
 #endif
 }
 
-// exp(x) for x <= 0 (every call site passes a value minus a running max), written without calls
-// or tables so that GCC vectorizes it: Cody-Waite reduction x = n*ln2 + r, |r| <= ln2/2 (n rounded to nearest), then a
-// degree-7 polynomial for exp(r) (relative error ~1e-7, i.e. about 1 ulp), then a 2^n scale built
-// from the exponent bits. Inputs below -87 (where 2^n would underflow) give exactly 0; NaN gives NaN.
+// exp(x) for x <= 0 (every call site passes a value minus a running max), written without calls,
+// tables or data-dependent selects so that GCC vectorizes it into straight-line code (selects on x
+// made it compute under masks, at half the speed): Cody-Waite reduction x = n*ln2 + r,
+// |r| <= ln2/2 (n rounded to nearest), then a degree-7 polynomial for exp(r) (relative error
+// ~1e-7, about 1 ulp), then a 2^n scale built from the exponent bits. x is clamped at -88, where
+// n = -127, whose biased exponent bits are those of +0.0: inputs below about -87.3 (where exp(x)
+// is subnormal or 0) give exactly 0, -inf included. NaN gives NaN.
 GRO_HD float exp_nonpositive(float x) {
   const float kLog2e = 1.44269504088896341f;
   const float kLn2Hi = 0.693359375f;
   const float kLn2Lo = -2.12194440e-4f;
-  const float xc = x < -87.0f ? -87.0f : x;
+  const float xc = x < -88.0f ? -88.0f : x;  // NaN compares false and stays NaN
   // Round to nearest by adding and subtracting 1.5 * 2^23 (floorf would block vectorization).
   const float kRoundMagic = 12582912.0f;
+  // xc >= -88 puts n >= round(-126.96) = -127.
   const float n = (xc * kLog2e + kRoundMagic) - kRoundMagic;
   const float r = (xc - n * kLn2Hi) - n * kLn2Lo;
   float p = 1.9875691500e-4f;
@@ -46,9 +50,8 @@ GRO_HD float exp_nonpositive(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const float y = p * bits_to_float((static_cast<int32_t>(n) + 127) << 23);
-  // x != x keeps NaN; the underflow select keeps exp(-inf) == 0 exactly.
-  return x != x ? x : (x < -87.0f ? 0.0f : y);
+  // n = -127 gives the bits of +0.0 (exactly 0 out); a NaN n gives some bits, and p is NaN anyway.
+  return p * bits_to_float((static_cast<int32_t>(n) + 127) << 23);
 }
 
 // Running softmax statistics of one row, relative to the running max m of z/tau:

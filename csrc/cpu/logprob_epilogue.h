@@ -17,12 +17,12 @@
 namespace gro {
 namespace cpu {
 
-// One pass over each row (blockwise online max / sum-exp): lse, logprob of the target and, when
-// `entropy` is not null, the entropy of softmax(z / tau). Rows whose target equals ignore_index get
-// logprob 0 and entropy 0 (their lse is still written). A target outside [0, vocab) that is not
-// ignore_index belongs to another vocabulary shard: logprob 0, but lse and entropy of this chunk's
-// softmax are written (the caller refuses such ids unless it works on a shard). Any NaN/inf logit
-// makes that row's outputs NaN and touches no other row.
+// lse, logprob of the target and, when `entropy` is not null, the entropy of softmax(z / tau), from
+// a max pass and an exp pass over each row (logprob_forward.cpp). inv_temperature must be > 0. Rows
+// whose target equals ignore_index get logprob 0 and entropy 0 (their lse is still written). A target
+// outside [0, vocab) that is not ignore_index belongs to another vocabulary shard: logprob 0, but lse
+// and entropy of this chunk's softmax are written (the caller refuses such ids unless it works on a
+// shard). Any NaN/inf logit makes that row's outputs NaN and touches no other row.
 void logprob_forward(const float* logits, int64_t rows, int64_t vocab, int64_t ld, const int64_t* targets,
                      float inv_temperature, int64_t ignore_index, float* logprob, float* entropy, float* lse,
                      int num_threads);
@@ -44,6 +44,14 @@ void logit_grad_inplace_vocab_major(float* logits, int64_t rows, int64_t vocab, 
                                     float inv_temperature, int64_t ignore_index, const float* lse,
                                     const float* entropy, const float* g_logprob, const float* g_entropy,
                                     int num_threads);
+
+// Forward for grad-in-forward (csrc/cpu/softmax_exp.cpp): the outputs of logprob_forward, and the
+// chunk overwritten with E = exp(z/tau - max_v z/tau) (0 on ignored rows) and exp_scale = 1 / sum_v E
+// per row, so that softmax(z/tau) = E * exp_scale. Either layout (vocab_major picks which; ld as in
+// the other functions). Every target must be ignore_index or in [0, vocab).
+void logprob_forward_exp(float* logits, int64_t rows, int64_t vocab, int64_t ld, bool vocab_major,
+                         const int64_t* targets, float inv_temperature, int64_t ignore_index, float* logprob,
+                         float* entropy, float* lse, float* exp_scale, int num_threads);
 
 }  // namespace cpu
 }  // namespace gro

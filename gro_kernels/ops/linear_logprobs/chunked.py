@@ -122,6 +122,36 @@ class GradAccumulators:
             self.d_bias.add_(g32.sum(0))
         self.written = True
 
+    def add_chunk_factored(self, z, e32, row_scale, target_grad, targets, hidden, weight, start, end):
+        """Rows start:end, whose dLoss/dlogits is diag(row_scale) E + onehot(targets) * target_grad.
+
+        e32 holds E [rows, V] fp32 (z is the input-dtype buffer it came from); row_scale, target_grad
+        [rows] fp32 (0 on rows that must get no gradient), targets [rows] valid ids. The per-row
+        factors go into the small operands of the GEMMs (dhidden rows after the GEMM, hidden rows
+        before the dW GEMM) and the one-hot term is a gather/scatter of [rows, H], so the [rows, V]
+        chunk is never rewritten (no backward epilogue)."""
+        e = z.copy_(e32) if self.needs_cast else e32
+        h = hidden[start:end]
+        if self.d_hidden is not None:
+            out = self.d_hidden[start:end]
+            torch.mm(e, weight, out=out)
+            out.mul_(row_scale.to(out.dtype).unsqueeze(1))
+            out.addcmul_(weight.index_select(0, targets), target_grad.to(out.dtype).unsqueeze(1))
+        if self.d_weight is not None:
+            scaled = h * row_scale.to(h.dtype).unsqueeze(1)
+            if self.needs_cast:
+                update = torch.mm(e.t(), scaled)
+                self.d_weight.add_(update) if self.written else self.d_weight.copy_(update)
+            elif self.written:
+                self.d_weight.addmm_(e.t(), scaled)
+            else:
+                torch.mm(e.t(), scaled, out=self.d_weight)
+            self.d_weight.index_add_(0, targets, h.float() * target_grad.unsqueeze(1))
+        if self.d_bias is not None:
+            self.d_bias.add_(torch.mv(e32.t(), row_scale))
+            self.d_bias.index_add_(0, targets, target_grad)
+        self.written = True
+
     def result(self):
         """(dhidden, dweight, dbias) in the input dtype, None where not needed."""
         if not self.written:

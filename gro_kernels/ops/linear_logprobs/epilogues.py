@@ -56,6 +56,18 @@ def backward_native(z, targets, inv_tau, ignore_index, lse, entropy, grad_logpro
                                 vocab_shard)
 
 
+def forward_exp_native(z, targets, inv_tau, ignore_index, logprob, lse, entropy, exp_scale):
+    torch.ops.gro_C.logprob_forward_exp_(z, targets, inv_tau, ignore_index, logprob, lse, entropy, exp_scale)
+
+
+def pick_forward_exp(device_type: str):
+    """The forward epilogue that leaves softmax(z/tau) / exp_scale in the chunk (grad-in-forward, see
+    fused_token_loss.py), or None where there is none (it exists natively on CPU only)."""
+    if device_type == "cpu" and _ext.native_available(device_type):
+        return forward_exp_native
+    return None
+
+
 def pick(device_type: str):
     """(forward, backward, name) of the epilogue the chunked backend uses on this device."""
     if _ext.native_available(device_type):

@@ -6,6 +6,11 @@ forward epilogue (lse, logprob, entropy), the per-token loss function (values an
 the backward epilogue in place on the same buffer, then dhidden = G @ W and dW += G^T h. No logits are
 recomputed. dhidden/dW/db are saved and the autograd backward only scales them by grad_output.
 
+Without entropy (so without an entropy gradient) and with the native CPU epilogue, the backward
+epilogue goes too: G = diag(-g_l p_scale / tau) E + onehot * g_l / tau, where E = exp(z/tau - max) is
+what the forward epilogue leaves in the buffer, so dhidden = diag(.) (E @ W) + g_l/tau * W[y] and
+dW += E^T (diag(.) h) + scatter of g_l/tau * h at the targets (one pass over the chunk saved).
+
 The per-token math is a *registered* function (a custom op cannot take a Python callable): see
 `register_token_fn`. Its per-token inputs (advantages, old/reference logprobs, weights) travel as a
 list of tensors the op slices per chunk; they are constants and get no gradient.
@@ -73,17 +78,33 @@ def forward_with_grads(hidden, weight, bias, targets, token_fn, token_args, toke
     any_grad = needs_hidden or needs_weight or needs_bias
     rows = min(chunk_size, max(n, 1))
     buffer = chunked.ChunkBuffer(rows, vocab, hidden.dtype, hidden.device)
+    # Without entropy there is no entropy gradient, and dLoss/dz = (g_l / tau) (onehot - p): the forward
+    # epilogue leaves p / exp_scale in the chunk and the per-row factors go into the GEMMs' small operands.
+    fwd_exp = None if with_entropy else epilogues.pick_forward_exp(hidden.device.type)
     for start in range(0, n, rows):
         end = min(start + rows, n)
         y, ent = targets[start:end], entropy[start:end] if with_entropy else None
         z = buffer.logits(hidden[start:end], weight, bias)
         z32 = buffer.as_fp32(z)
-        fwd_epilogue(z32, y, inv_temperature, ignore_index, logprobs[start:end], lse[start:end], ent)
+        if fwd_exp is not None:
+            exp_scale = torch.empty(end - start, **f32)
+            fwd_exp(z32, y, inv_temperature, ignore_index, logprobs[start:end], lse[start:end], None, exp_scale)
+        else:
+            fwd_epilogue(z32, y, inv_temperature, ignore_index, logprobs[start:end], lse[start:end], ent)
         chunk_loss, g_l, g_h, chunk_extras = _call_token_fn(
             fn, num_extras, logprobs[start:end], ent, [a[start:end] for a in token_args], list(token_params))
         loss.add_(chunk_loss)
         extras[start:end] = chunk_extras
-        if any_grad:
+        if not any_grad:
+            continue
+        if fwd_exp is not None:
+            # Ignored rows get exactly zero gradient, whatever the token function returned for them.
+            valid = y != ignore_index
+            row_scale = torch.where(valid, g_l * exp_scale * -inv_temperature, 0.0)
+            target_grad = torch.where(valid, g_l * inv_temperature, 0.0)
+            grads.add_chunk_factored(z, z32, row_scale, target_grad, torch.where(valid, y, 0), hidden, weight,
+                                     start, end)
+        else:
             bwd_epilogue(z32, y, inv_temperature, ignore_index, lse[start:end], ent if g_h is not None else None,
                          g_l, g_h)
             grads.add_chunk(z, z32, hidden, weight, start, end)
