@@ -1,5 +1,7 @@
 """Chunked backend: one GEMM per row chunk into a bounded [C, V] buffer, then a fused epilogue.
 
+(On CPU the buffer is stored [V, C], see ChunkBuffer; the epilogues take either layout.)
+
 Memory is O(C*V) whatever N is. The backward recomputes each chunk's logits (a second GEMM),
 turns them into dLoss/dlogits in place, then feeds the dhidden and dweight GEMMs. With a
 random upstream gradient that is the minimum of four GEMMs per step.
@@ -105,19 +107,23 @@ class GradAccumulators:
         self.d_bias = torch.zeros(weight.shape[0], **f32) if needs_bias else None
         self.written = False
 
+    def _add_to_weight(self, a, b):
+        """dweight += a @ b (the first chunk writes it: no zero-fill and re-read of [V, H])."""
+        if self.needs_cast:
+            update = torch.mm(a, b)
+            self.d_weight.add_(update) if self.written else self.d_weight.copy_(update)
+        elif self.written:
+            self.d_weight.addmm_(a, b)
+        else:
+            torch.mm(a, b, out=self.d_weight)
+
     def add_chunk(self, z, g32, hidden, weight, start, end):
         """Rows start:end; g32 holds their fp32 dLoss/dlogits, z is the input-dtype buffer it came from."""
         g = z.copy_(g32) if self.needs_cast else g32
         if self.d_hidden is not None:
             torch.mm(g, weight, out=self.d_hidden[start:end])
         if self.d_weight is not None:
-            if self.needs_cast:
-                update = torch.mm(g.t(), hidden[start:end])
-                self.d_weight.add_(update) if self.written else self.d_weight.copy_(update)
-            elif self.written:
-                self.d_weight.addmm_(g.t(), hidden[start:end])
-            else:
-                torch.mm(g.t(), hidden[start:end], out=self.d_weight)
+            self._add_to_weight(g.t(), hidden[start:end])
         if self.d_bias is not None:
             self.d_bias.add_(g32.sum(0))
         self.written = True
@@ -138,14 +144,7 @@ class GradAccumulators:
             out.mul_(row_scale.to(out.dtype).unsqueeze(1))
             out.addcmul_(weight.index_select(0, targets), target_grad.to(out.dtype).unsqueeze(1))
         if self.d_weight is not None:
-            scaled = h * row_scale.to(h.dtype).unsqueeze(1)
-            if self.needs_cast:
-                update = torch.mm(e.t(), scaled)
-                self.d_weight.add_(update) if self.written else self.d_weight.copy_(update)
-            elif self.written:
-                self.d_weight.addmm_(e.t(), scaled)
-            else:
-                torch.mm(e.t(), scaled, out=self.d_weight)
+            self._add_to_weight(e.t(), h * row_scale.to(h.dtype).unsqueeze(1))
             self.d_weight.index_add_(0, targets, h.float() * target_grad.unsqueeze(1))
         if self.d_bias is not None:
             self.d_bias.add_(torch.mv(e32.t(), row_scale))

@@ -79,7 +79,8 @@ def forward_with_grads(hidden, weight, bias, targets, token_fn, token_args, toke
     rows = min(chunk_size, max(n, 1))
     buffer = chunked.ChunkBuffer(rows, vocab, hidden.dtype, hidden.device)
     # Without entropy there is no entropy gradient, and dLoss/dz = (g_l / tau) (onehot - p): the forward
-    # epilogue leaves p / exp_scale in the chunk and the per-row factors go into the GEMMs' small operands.
+    # epilogue leaves E (p = E * exp_scale) in the chunk and the per-row factors go into the GEMMs' small
+    # operands (see the module docstring).
     fwd_exp = None if with_entropy else epilogues.pick_forward_exp(hidden.device.type)
     for start in range(0, n, rows):
         end = min(start + rows, n)
