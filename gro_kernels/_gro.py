@@ -216,8 +216,8 @@ def gro_loss(hidden, weight, targets, bias=None, *, preset="grpo", config=None, 
         adv = _advantages(cfg, inputs, batch, shape, online, m_on, ref, lp.detach())
         on_loss, stats = _pl.policy_loss(lp, adv, m_on, old_logprobs=inputs["old_logprobs"], ref_logprobs=ref,
                                          rollout_logprobs=inputs["rollout_logprobs"] if cfg.tis_cap else None,
-                                         entropy=ent, cfg=tok_cfg, importance_sampling_level=cfg.importance_sampling_level,
-                                         scale=scale)
+                                         entropy=ent, cfg=tok_cfg, scale=scale,
+                                         importance_sampling_level=cfg.importance_sampling_level)
         metrics.update(_pl.metrics(stats, want_entropy, ref is not None))
         if cfg.kl_estimator == "exact" and cfg.kl_coef != 0.0:
             kl_loss, metrics["kl"] = _exact_kl_term(cfg, inputs, hidden, weight, bias, m_on, scale, opts)

@@ -125,7 +125,8 @@ def preference_loss(logprobs, mask=None, *, loss_type="dpo", ref_logprobs=None, 
         desirable = c.bool_tensor("desirable", desirable, (batch,))
     else:
         if pair_ids is None or chosen is None:
-            raise ValueError(f"loss_type={loss_type!r} needs pair_ids= and chosen= (rows sharing a pair id form a pair)")
+            raise ValueError(f"loss_type={loss_type!r} needs pair_ids= and chosen= "
+                             "(rows sharing a pair id form a pair)")
         c.row_tensor("pair_ids", pair_ids, batch, floating=False)
         chosen = c.bool_tensor("chosen", chosen, (batch,))
         c.check_pairs(pair_ids, chosen, offline)

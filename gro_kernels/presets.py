@@ -67,7 +67,8 @@ class GROObjective:
         """(group_advantages mode, scale_rewards) for the online anchor/magnitude pair."""
         key = (self.anchor, self.magnitude)
         if key not in ADVANTAGE_MODES:
-            raise ValueError(f"GROObjective anchor/magnitude {key} is not supported; supported: {sorted(ADVANTAGE_MODES)}")
+            raise ValueError(f"GROObjective anchor/magnitude {key} is not supported; "
+                             f"supported: {sorted(ADVANTAGE_MODES)}")
         return ADVANTAGE_MODES[key]
 
     @property

@@ -46,7 +46,8 @@ def test_policy_loss_matches_reference(case, loss_type):
     use_old, token_adv = opts.pop("use_old", True), opts.pop("token_adv", False)
     adv = d["adv"].unsqueeze(1) * torch.linspace(0.5, 1.5, T, dtype=torch.float64) if token_adv else d["adv"]
     lp, ent = d["lp"].float().requires_grad_(), d["ent"].float().requires_grad_()
-    loss, metrics = gro_kernels.policy_loss(lp, adv.float(), d["mask"], old_logprobs=d["old"].float() if use_old else None,
+    old = d["old"].float() if use_old else None
+    loss, metrics = gro_kernels.policy_loss(lp, adv.float(), d["mask"], old_logprobs=old,
                                             ref_logprobs=d["ref"].float(), rollout_logprobs=d["rollout"].float(),
                                             entropy=ent, loss_type=loss_type, **opts)
     up = 1.7

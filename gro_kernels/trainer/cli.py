@@ -84,7 +84,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     config = load_config(args.config, overrides)
     trainer = build_trainer(config)
     records = trainer.train()
-    if records:
+    if records and trainer.dp.rank == 0:  # under torchrun, one summary line (rank 0 owns the metrics file)
         first, last = records[0], records[-1]
         logging.getLogger("gro_kernels.trainer").info(
             f"done: {trainer.step} steps, reward {first.get('reward_mean', float('nan')):.3f} -> "

@@ -37,7 +37,8 @@ def _sample_and_score(tr, records, dataset_index, num_generations, greedy=False)
     c = tr.config
     sampled = tr.sample_fn(tr.model, tr.tokenizer, prompt_ids, num_generations, temperature=c.temperature,
                            top_p=c.top_p, max_new_tokens=c.max_new_tokens, greedy=greedy)
-    scores = rw.score(tr.reward_fns, tr.reward_weights, records, sampled.completions, sampled.prompt_index, dataset_index)
+    scores = rw.score(tr.reward_fns, tr.reward_weights, records, sampled.completions, sampled.prompt_index,
+                      dataset_index)
     return prompt_ids, sampled, scores
 
 

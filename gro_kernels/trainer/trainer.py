@@ -41,7 +41,8 @@ class GROTrainer:
         policy.check_model(model)
         self.config, self.model, self.tokenizer = config, model, tokenizer
         ro.special_ids(tokenizer)
-        self.reward_fns = [rw.resolve(f) for f in (reward_fns if isinstance(reward_fns, (list, tuple)) else [reward_fns])]
+        fns = reward_fns if isinstance(reward_fns, (list, tuple)) else [reward_fns]
+        self.reward_fns = [rw.resolve(f) for f in fns]
         self.reward_weights = rw.check_weights(self.reward_fns, config.reward_weights)
         self.records = _prompt_records(train_prompts, "train_prompts")
         self.offline = objective.offline_records(offline_data, config)
@@ -78,7 +79,9 @@ class GROTrainer:
 
         c = self.config
         tty = sys.stderr.isatty()
-        bar = tqdm(total=c.max_steps, initial=self.step, desc="gro", disable=not (c.progress_bar and tty))
+        main_rank = self.dp.rank == 0  # under torchrun only rank 0 reports progress
+        bar = tqdm(total=c.max_steps, initial=self.step, desc="gro",
+                   disable=not (c.progress_bar and tty and main_rank))
         records = []
         try:
             while self.step < c.max_steps:
@@ -86,7 +89,7 @@ class GROTrainer:
                 records.append(record)
                 bar.update(1)
                 bar.set_postfix(reward=f"{record['reward_mean']:.3f}", loss=f"{record.get('loss', 0.0):.4f}")
-                if not tty:
+                if not tty and main_rank:
                     logger.info(mt.summary_line(record))
                 if c.save_steps and self.step % c.save_steps == 0 and self.step < c.max_steps:
                     self.save()
