@@ -45,10 +45,11 @@ void logit_grad_inplace_vocab_major(float* logits, int64_t rows, int64_t vocab, 
                                     const float* entropy, const float* g_logprob, const float* g_entropy,
                                     int num_threads);
 
-// Forward for grad-in-forward (csrc/cpu/softmax_exp.cpp): the outputs of logprob_forward, and the
-// chunk overwritten with E = exp(z/tau - max_v z/tau) (0 on ignored rows) and exp_scale = 1 / sum_v E
-// per row, so that softmax(z/tau) = E * exp_scale. Either layout (vocab_major picks which; ld as in
-// the other functions). Every target must be ignore_index or in [0, vocab).
+// Forward for grad-in-forward: the outputs of logprob_forward (same arithmetic, so the same logprobs
+// bit for bit; logprob_forward.cpp), and the chunk overwritten with E = exp(z/tau - max_v z/tau)
+// (0 on ignored rows) and exp_scale = 1 / sum_v E per row, so that softmax(z/tau) = E * exp_scale.
+// Either layout (vocab_major picks which; ld as in the other functions). Every target must be
+// ignore_index or in [0, vocab).
 void logprob_forward_exp(float* logits, int64_t rows, int64_t vocab, int64_t ld, bool vocab_major,
                          const int64_t* targets, float inv_temperature, int64_t ignore_index, float* logprob,
                          float* entropy, float* lse, float* exp_scale, int num_threads);
