@@ -19,8 +19,10 @@ LAYOUTS = ["token-major", "vocab-major"]
 
 
 def _in_layout(z, layout):
-    """The same values, with contiguous rows (token-major) or contiguous columns (vocab-major)."""
-    return z.contiguous() if layout == "token-major" else z.t().contiguous().t()
+    """A copy of z with contiguous rows (token-major) or contiguous columns (vocab-major)."""
+    if layout == "token-major":
+        return z.clone(memory_format=torch.contiguous_format)
+    return z.t().clone(memory_format=torch.contiguous_format).t()
 
 
 def _reference(z, y, tau):
@@ -126,3 +128,34 @@ def test_op_refuses_a_chunk_with_neither_rows_nor_columns_contiguous():
 def test_cpu_op_refuses_out_of_range_target():
     with pytest.raises(RuntimeError, match="target id 9 at row 0 is outside"):
         _native_forward(torch.randn(1, 9), torch.tensor([9]), 1.0)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("rows,vocab,tau", [(7, 5000, 0.7), (300, 1031, 1.0), (1, 3, 1.3)])
+def test_forward_exp_leaves_scaled_softmax_and_matches_forward_bit_for_bit(rows, vocab, tau, layout):
+    # The grad-in-forward epilogue: the same lse/logprob/entropy as logprob_forward (bit for bit: no-grad
+    # old logprobs must give ratio 1 exactly), and the chunk overwritten with E, softmax = E * exp_scale.
+    g = torch.Generator().manual_seed(rows + vocab)
+    z = torch.randn(rows, vocab, generator=g) * 3
+    y = torch.randint(0, vocab, (rows,), generator=g)
+    y[0] = IGNORE if rows > 1 else y[0]
+    logprob, entropy, lse = _native_forward(z, y, tau, layout)
+    chunk = _in_layout(z, layout)
+    out = [torch.empty(rows) for _ in range(4)]
+    torch.ops.gro_C.logprob_forward_exp_(chunk, y, 1.0 / tau, IGNORE, out[0], out[1], out[2], out[3])
+    for got, want in zip(out[:3], (logprob, lse, entropy)):
+        assert torch.equal(got, want)
+    softmax = torch.softmax(z.double() / tau, dim=1)
+    valid = (y != IGNORE).unsqueeze(1)
+    torch.testing.assert_close(chunk.double() * out[3].double().unsqueeze(1), torch.where(valid, softmax, 0.0),
+                               rtol=1e-5, atol=1e-7)
+    assert (chunk[~valid.squeeze(1)] == 0).all() and (out[3][~valid.squeeze(1)] == 0).all()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_forward_exp_poisons_a_row_with_a_non_finite_logit(layout):
+    z = torch.randn(3, 300)
+    z[1, 7] = -float("inf")
+    out = [torch.empty(3) for _ in range(4)]
+    torch.ops.gro_C.logprob_forward_exp_(_in_layout(z, layout), torch.tensor([0, 1, 2]), 1.0, IGNORE, *out)
+    assert all(torch.isnan(t[1]) for t in out[:2]) and all(torch.isfinite(t[[0, 2]]).all() for t in out)
