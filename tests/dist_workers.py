@@ -249,16 +249,20 @@ def fake_sampler(masked_prompts):
 
 
 def trainer_gradients(preset, prompts_per_step, output_dir, masked_prompts=lambda p, n: False):
-    """One GROTrainer step on the tiny model; the gradient it applied, by parameter name."""
+    """One GROTrainer step on the tiny model; the gradient it applied, by parameter name.
+    preset "name:scale" runs preset `name` with loss_options scale_rewards=scale."""
     from gro_kernels.trainer import GROConfig, GROTrainer
     from gro_kernels.trainer.tiny import char_tokenizer, tiny_llama
+
+    preset, _, scale = preset.partition(":")
 
     tok = char_tokenizer("0123456789")
     torch.manual_seed(0)
     model = tiny_llama(tok, hidden_size=32, intermediate_size=64, num_hidden_layers=1)
     cfg = GROConfig(preset=preset, prompts_per_step=prompts_per_step, num_generations=2, micro_batch_size=3,
                     max_new_tokens=6, max_steps=1, learning_rate=1e-3, output_dir=str(output_dir), plot=False,
-                    progress_bar=False, save_steps=0, max_grad_norm=None)
+                    progress_bar=False, save_steps=0, max_grad_norm=None,
+                    loss_options={"scale_rewards": scale} if scale else {})
     trainer = GROTrainer(model, None, tok, digit_reward, cfg, PROMPTS)
     trainer.sample_fn = fake_sampler(masked_prompts)
     trainer.train_step()

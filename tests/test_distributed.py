@@ -144,8 +144,12 @@ def test_process_group_needs_initialized_distributed():
 
 # ----- data parallelism: the trainer under DDP, and FSDP2 through GROModelLoss ---------------------
 
-@pytest.mark.parametrize("world,preset,mask_last_rank", [(2, "grpo", False), (2, "dapo", True), (3, "dapo", True)],
-                         ids=["P2-grpo", "P2-dapo-last-rank-all-masked", "P3-dapo-last-rank-all-masked"])
+# reinforce_pp (token whitening over the batch) and grpo with scale_rewards="batch": batch-wide statistics,
+# which the trainer computes on the union of every rank's rows.
+@pytest.mark.parametrize("world,preset,mask_last_rank", [(2, "grpo", False), (2, "dapo", True), (3, "dapo", True),
+                                                         (2, "reinforce_pp", False), (3, "grpo:batch", False)],
+                         ids=["P2-grpo", "P2-dapo-last-rank-all-masked", "P3-dapo-last-rank-all-masked",
+                              "P2-reinforce_pp-global-whitening", "P3-grpo-batch-std"])
 def test_ddp_trainer_step_equals_single_process_union_batch(world, preset, mask_last_rank, tmp_path):
     results = run_ranks(world, "dist_workers:ddp_trainer_case", preset, mask_last_rank, str(tmp_path), timeout=180)
     per_rank = 2

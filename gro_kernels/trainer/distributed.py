@@ -2,6 +2,8 @@
 
 - Each rank samples its own prompts: rank r takes items [r*k, (r+1)*k) of the step's P*k items of the
   seeded prompt stream, so the union over ranks is the batch one process with P*k prompts would see.
+- Advantages are computed on the union of every rank's rollout rows (gather_rows), so batch-wide
+  statistics (REINFORCE++ whitening, scale_rewards="batch") are global; KTO's z0 is a global mean.
 - The loss runs inside DDP's forward (gro_kernels.GROModelLoss: decoder + fused loss in one module).
 - The denominators of a mini-batch (online rows and tokens, offline rows) are summed over ranks with one
   all_reduce per optimizer step, so each rank's loss is its share of the global loss; DDP averages
@@ -83,3 +85,28 @@ def every_rank(flag: bool, dp: DataParallel, device) -> bool:
 def sync_context(module, last: bool):
     """DDP's no_sync for all but the last micro-batch of a mini-batch (gradients accumulate locally)."""
     return contextlib.nullcontext() if last or not hasattr(module, "no_sync") else module.no_sync()
+
+
+def gather_rows(tensors: dict, dp: DataParallel) -> tuple:
+    """(union, start, rows): each tensor [B_r] or [B_r, T_r] concatenated over ranks in rank order, [B, T]
+    ones right-padded with zeros to the widest T; this rank's rows are union[start:start + rows].
+
+    Batch-wide statistics (REINFORCE++ whitening, scale_rewards="batch") computed on the union equal the
+    single-process ones, whatever the ranks' batch sizes and widths."""
+    first = next(iter(tensors.values()))
+    device, rows = first.device, first.shape[0]
+    width = max([t.shape[1] for t in tensors.values() if t.dim() == 2], default=0)
+    sizes = torch.tensor([rows, width], dtype=torch.long, device=device)
+    all_sizes = [torch.empty_like(sizes) for _ in range(dp.world)]
+    dist.all_gather(all_sizes, sizes)
+    counts = [int(s[0]) for s in all_sizes]
+    widest, most = max(int(s[1]) for s in all_sizes), max(counts)
+    union = {}
+    for name, t in tensors.items():
+        padded = t.new_zeros((most,) + ((widest,) if t.dim() == 2 else ()))
+        padded[(slice(0, rows),) + ((slice(0, t.shape[1]),) if t.dim() == 2 else ())] = t
+        parts = [torch.empty_like(padded) for _ in range(dp.world)]
+        dist.all_gather(parts, padded)
+        union[name] = torch.cat([part[:n] for part, n in zip(parts, counts)])
+    return union, sum(counts[:dp.rank]), rows
+

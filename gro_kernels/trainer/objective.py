@@ -11,7 +11,7 @@ import torch
 import gro_kernels
 from gro_kernels import GROObjective as ObjectiveConfig
 
-from . import policy
+from . import distributed, policy
 
 PAIR_LOSSES = ("dpo", "ipo", "simpo", "cpl")
 REFERENCE_LOSSES = ("dpo", "ipo", "kto")
@@ -101,19 +101,15 @@ def prepare(tr, batch):
         mode, scale = preset.advantage_mode
         scale = tr.config.loss_options.get("scale_rewards", scale)
         online = rows.get("online")
-        rewards, ids = rows["rewards"], rows["group_ids"]
-        kwargs = {}
+        inputs = {"rewards": rows["rewards"], "group_ids": rows["group_ids"]}
         if mode == "reinforce_pp":
-            kl = None
-            if preset.kl_coef > 0 and preset.kl_in_reward:
-                kl = gro_kernels.kl_penalty(batch.old_logprobs, batch.ref_logprobs, estimator="k1")
             mask = batch.rollout.completion_mask.bool()
-            if online is not None:
-                mask = mask & online[:, None]
-            kwargs = dict(mask=mask, token_kl=kl, kl_coef=preset.kl_coef)
+            inputs["mask"] = mask & online[:, None] if online is not None else mask
+            if preset.kl_coef > 0 and preset.kl_in_reward:
+                inputs["token_kl"] = gro_kernels.kl_penalty(batch.old_logprobs, batch.ref_logprobs, estimator="k1")
         elif mode == "remax":
-            kwargs = dict(baseline=rows["baseline"])
-        adv = gro_kernels.group_advantages(rewards, group_ids=ids, mode=mode, scale_rewards=scale, **kwargs)
+            inputs["baseline"] = rows["baseline"]
+        adv = _advantages(inputs, mode, scale, preset.kl_coef, tr.dp)
         if online is not None:
             adv = torch.where(online if adv.dim() == 1 else online[:, None], adv, 0.0)
         rows["advantages"] = adv
@@ -121,7 +117,34 @@ def prepare(tr, batch):
     if preset.has_offline and preset.offline_loss == "kto":
         off = ~rows["online"]
         g = ((batch.old_logprobs - batch.ref_logprobs) * batch.rollout.completion_mask).sum(1)
-        rows["kto_z0"] = g[off].mean().clamp(min=0.0)
+        total = torch.stack([g[off].sum(), off.sum().to(g.dtype)])
+        if tr.dp.enabled:  # z0 is the mean over the offline rows of every rank
+            torch.distributed.all_reduce(total)
+        rows["kto_z0"] = (total[0] / total[1]).clamp(min=0.0)
+
+
+def _advantages(inputs: dict, mode: str, scale: str, kl_coef: float, dp) -> torch.Tensor:
+    """group_advantages of this rank's rows. Data-parallel: computed on the union of every rank's rows
+    (group ids made distinct per rank), so batch-wide statistics are global, then this rank's slice."""
+    start, count = 0, inputs["rewards"].shape[0]
+    width = inputs["mask"].shape[1] if "mask" in inputs else None
+    if dp.enabled:
+        ids = inputs["group_ids"]
+        # Each rank's ids are 0..n-1 (prompt indices): shift them past every earlier rank's.
+        span = torch.tensor([int(ids.max()) + 1 if ids.numel() else 0], device=ids.device)
+        spans = [torch.empty_like(span) for _ in range(dp.world)]
+        torch.distributed.all_gather(spans, span)
+        inputs = dict(inputs, group_ids=ids + int(sum(int(s) for s in spans[:dp.rank])))
+        inputs, start, count = distributed.gather_rows(inputs, dp)
+    kwargs = {}
+    if mode == "reinforce_pp":
+        kwargs = dict(mask=inputs["mask"], token_kl=inputs.get("token_kl"), kl_coef=kl_coef)
+    elif mode == "remax":
+        kwargs = dict(baseline=inputs["baseline"])
+    adv = gro_kernels.group_advantages(inputs["rewards"], group_ids=inputs["group_ids"], mode=mode,
+                                       scale_rewards=scale, **kwargs)
+    adv = adv[start:start + count]
+    return adv if adv.dim() == 1 else adv[:, :width]
 
 
 def mini_batches(batch, config) -> List[List[int]]:
