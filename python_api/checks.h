@@ -12,8 +12,12 @@
 namespace gro {
 
 // Layout of a logits chunk [rows, vocab]: token-major (each row contiguous) or vocab-major (each
-// column contiguous: the transpose of a [vocab, rows] GEMM output). See csrc/cpu/logprob_epilogue.h.
-enum class ChunkLayout { kTokenMajor, kVocabMajor };
+// column contiguous: the transpose of a [vocab, rows] GEMM output), and the stride `ld` between rows
+// (token-major) or columns (vocab-major). See csrc/cpu/logprob_epilogue.h.
+struct ChunkLayout {
+  bool vocab_major;
+  int64_t ld;
+};
 
 // allow_vocab_major: the device has vocab-major kernels (CPU); otherwise rows must be contiguous.
 inline ChunkLayout check_logits_chunk(const at::Tensor& logits, const at::Tensor& targets, c10::DeviceType device,
@@ -36,7 +40,7 @@ inline ChunkLayout check_logits_chunk(const at::Tensor& logits, const at::Tensor
   TORCH_CHECK(targets.dim() == 1 && targets.size(0) == logits.size(0) && targets.is_contiguous(),
               "gro_C: targets must be contiguous [", logits.size(0), "], got shape ", targets.sizes());
   TORCH_CHECK(targets.scalar_type() == at::kLong, "gro_C: targets must be int64, got ", targets.scalar_type());
-  return token_major ? ChunkLayout::kTokenMajor : ChunkLayout::kVocabMajor;
+  return token_major ? ChunkLayout{false, logits.stride(0)} : ChunkLayout{true, logits.stride(1)};
 }
 
 inline void check_row_vector(const at::Tensor& t, const at::Tensor& logits, const char* name) {

@@ -29,10 +29,8 @@ void logprob_forward_cpu(const at::Tensor& logits, const at::Tensor& targets, do
   TORCH_CHECK(inv_temperature > 0.0, "gro_C: inv_temperature must be > 0, got ", inv_temperature);
   // On a vocabulary shard, ids outside [0, vocab) are other shards' tokens (the kernel reads no logit for them).
   if (!vocab_shard) check_targets_in_range(targets, logits.size(1), ignore_index);
-  const auto forward = layout == gro::ChunkLayout::kTokenMajor ? &gro::cpu::logprob_forward
-                                                                : &gro::cpu::logprob_forward_vocab_major;
-  const int64_t ld = layout == gro::ChunkLayout::kTokenMajor ? logits.stride(0) : logits.stride(1);
-  forward(logits.data_ptr<float>(), logits.size(0), logits.size(1), ld, targets.data_ptr<int64_t>(),
+  const auto forward = layout.vocab_major ? &gro::cpu::logprob_forward_vocab_major : &gro::cpu::logprob_forward;
+  forward(logits.data_ptr<float>(), logits.size(0), logits.size(1), layout.ld, targets.data_ptr<int64_t>(),
           static_cast<float>(inv_temperature), ignore_index, logprob.data_ptr<float>(),
           entropy.has_value() ? entropy->data_ptr<float>() : nullptr, lse.data_ptr<float>(), at::get_num_threads());
 }
@@ -50,10 +48,9 @@ void logit_grad_cpu(const at::Tensor& logits, const at::Tensor& targets, double 
     gro::check_row_vector(*entropy, logits, "entropy");
   }
   if (!vocab_shard) check_targets_in_range(targets, logits.size(1), ignore_index);
-  const auto logit_grad = layout == gro::ChunkLayout::kTokenMajor ? &gro::cpu::logit_grad_inplace
-                                                                   : &gro::cpu::logit_grad_inplace_vocab_major;
-  const int64_t ld = layout == gro::ChunkLayout::kTokenMajor ? logits.stride(0) : logits.stride(1);
-  logit_grad(logits.data_ptr<float>(), logits.size(0), logits.size(1), ld, targets.data_ptr<int64_t>(),
+  const auto logit_grad =
+      layout.vocab_major ? &gro::cpu::logit_grad_inplace_vocab_major : &gro::cpu::logit_grad_inplace;
+  logit_grad(logits.data_ptr<float>(), logits.size(0), logits.size(1), layout.ld, targets.data_ptr<int64_t>(),
              static_cast<float>(inv_temperature), ignore_index, lse.data_ptr<float>(),
              entropy.has_value() ? entropy->data_ptr<float>() : nullptr, grad_logprob.data_ptr<float>(),
              grad_entropy.has_value() ? grad_entropy->data_ptr<float>() : nullptr, at::get_num_threads());
@@ -69,10 +66,8 @@ void logprob_forward_exp_cpu(const at::Tensor& logits, const at::Tensor& targets
   if (entropy.has_value()) gro::check_row_vector(*entropy, logits, "entropy");
   TORCH_CHECK(inv_temperature > 0.0, "gro_C: inv_temperature must be > 0, got ", inv_temperature);
   check_targets_in_range(targets, logits.size(1), ignore_index);
-  const bool vocab_major = layout == gro::ChunkLayout::kVocabMajor;
-  gro::cpu::logprob_forward_exp(logits.data_ptr<float>(), logits.size(0), logits.size(1),
-                                vocab_major ? logits.stride(1) : logits.stride(0), vocab_major,
-                                targets.data_ptr<int64_t>(), static_cast<float>(inv_temperature),
+  gro::cpu::logprob_forward_exp(logits.data_ptr<float>(), logits.size(0), logits.size(1), layout.ld,
+                                layout.vocab_major, targets.data_ptr<int64_t>(), static_cast<float>(inv_temperature),
                                 ignore_index, logprob.data_ptr<float>(),
                                 entropy.has_value() ? entropy->data_ptr<float>() : nullptr, lse.data_ptr<float>(),
                                 exp_scale.data_ptr<float>(), at::get_num_threads());
