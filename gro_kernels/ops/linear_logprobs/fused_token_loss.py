@@ -80,16 +80,17 @@ def forward_with_grads(hidden, weight, bias, targets, token_fn, token_args, toke
     buffer = chunked.ChunkBuffer(rows, vocab, hidden.dtype, hidden.device)
     # Without entropy there is no entropy gradient, and dLoss/dz = (g_l / tau) (onehot - p): the forward
     # epilogue leaves E (p = E * exp_scale) in the chunk and the per-row factors go into the GEMMs' small
-    # operands (see the module docstring).
-    fwd_exp = None if with_entropy else epilogues.pick_forward_exp(hidden.device.type)
+    # operands (see the module docstring). Without any gradient to compute, the forward only reads the chunk.
+    fwd_exp = None if with_entropy or not any_grad else epilogues.pick_forward_exp(hidden.device.type)
+    exp_scale = torch.empty(n if fwd_exp is not None else 0, **f32)
     for start in range(0, n, rows):
         end = min(start + rows, n)
         y, ent = targets[start:end], entropy[start:end] if with_entropy else None
         z = buffer.logits(hidden[start:end], weight, bias)
         z32 = buffer.as_fp32(z)
         if fwd_exp is not None:
-            exp_scale = torch.empty(end - start, **f32)
-            fwd_exp(z32, y, inv_temperature, ignore_index, logprobs[start:end], lse[start:end], None, exp_scale)
+            fwd_exp(z32, y, inv_temperature, ignore_index, logprobs[start:end], lse[start:end], None,
+                    exp_scale[start:end])
         else:
             fwd_epilogue(z32, y, inv_temperature, ignore_index, logprobs[start:end], lse[start:end], ent)
         chunk_loss, g_l, g_h, chunk_extras = _call_token_fn(
@@ -101,7 +102,7 @@ def forward_with_grads(hidden, weight, bias, targets, token_fn, token_args, toke
         if fwd_exp is not None:
             # Ignored rows get exactly zero gradient, whatever the token function returned for them.
             valid = y != ignore_index
-            row_scale = torch.where(valid, g_l * exp_scale * -inv_temperature, 0.0)
+            row_scale = torch.where(valid, g_l * exp_scale[start:end] * -inv_temperature, 0.0)
             target_grad = torch.where(valid, g_l * inv_temperature, 0.0)
             grads.add_chunk_factored(z, z32, row_scale, target_grad, torch.where(valid, y, 0), hidden, weight,
                                      start, end)
