@@ -88,8 +88,8 @@ def sync_context(module, last: bool):
 
 
 def gather_rows(tensors: dict, dp: DataParallel) -> tuple:
-    """(union, start, rows): each tensor [B_r] or [B_r, T_r] concatenated over ranks in rank order, [B, T]
-    ones right-padded with zeros to the widest T; this rank's rows are union[start:start + rows].
+    """(union, counts): each tensor [B_r] or [B_r, T_r] concatenated over ranks in rank order ([B, T] ones
+    right-padded with zeros to the widest T), and every rank's row count B_r.
 
     Batch-wide statistics (REINFORCE++ whitening, scale_rewards="batch") computed on the union equal the
     single-process ones, whatever the ranks' batch sizes and widths."""
@@ -108,5 +108,4 @@ def gather_rows(tensors: dict, dp: DataParallel) -> tuple:
         parts = [torch.empty_like(padded) for _ in range(dp.world)]
         dist.all_gather(parts, padded)
         union[name] = torch.cat([part[:n] for part, n in zip(parts, counts)])
-    return union, sum(counts[:dp.rank]), rows
-
+    return union, counts

@@ -129,13 +129,14 @@ def _advantages(inputs: dict, mode: str, scale: str, kl_coef: float, dp) -> torc
     start, count = 0, inputs["rewards"].shape[0]
     width = inputs["mask"].shape[1] if "mask" in inputs else None
     if dp.enabled:
-        ids = inputs["group_ids"]
-        # Each rank's ids are 0..n-1 (prompt indices): shift them past every earlier rank's.
-        span = torch.tensor([int(ids.max()) + 1 if ids.numel() else 0], device=ids.device)
-        spans = [torch.empty_like(span) for _ in range(dp.world)]
-        torch.distributed.all_gather(spans, span)
-        inputs = dict(inputs, group_ids=ids + int(sum(int(s) for s in spans[:dp.rank])))
-        inputs, start, count = distributed.gather_rows(inputs, dp)
+        inputs, counts = distributed.gather_rows(inputs, dp)
+        start = sum(counts[:dp.rank])
+        # Group ids are per rank (prompt indices): shift each rank's past every earlier rank's.
+        parts, shift = [], 0
+        for ids in inputs["group_ids"].split(counts):
+            parts.append(ids + shift)
+            shift += int(ids.max()) + 1 if ids.numel() else 0
+        inputs["group_ids"] = torch.cat(parts)
     kwargs = {}
     if mode == "reinforce_pp":
         kwargs = dict(mask=inputs["mask"], token_kl=inputs.get("token_kl"), kl_coef=kl_coef)
