@@ -186,15 +186,12 @@ def extra_memory(suite, name, shape):
     """Peak bytes of one fwd+bwd step above the RSS before it, minus dhidden and dweight (run in its own process)."""
     x = make_inputs(suite, shape)
     fn = method_table(suite)[name][1]
-    _step(fn, x)  # warm-up: compilation, thread pools, allocator caches
-    x["hidden"].grad, x["weight"].grad = None, None
+
+    def drop_grads():  # the warm-up's gradients must not sit in the RSS the measured step starts from
+        x["hidden"].grad, x["weight"].grad = None, None
+
     grad_bytes = sum(t.numel() * t.element_size() for t in (x["hidden"], x["weight"]))
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    base = common.rss_bytes()
-    _step(fn, x)
-    # Allocator caches can make tiny shapes read slightly below zero: report 0 then, like common.py.
-    return max(0, common.rss_high_water_bytes() - base - grad_bytes)
+    return common.measure_extra_memory(lambda: _step(fn, x), drop_grads, grad_bytes)
 
 
 def memory_in_subprocess(suite, name, shape):
@@ -220,8 +217,6 @@ def run_suite(suite, shape, repeats):
                          loss_rel_diff=None if loss is None else abs(loss - timed["naive"][1]) / abs(timed["naive"][1]),
                          x_bare_gemms=seconds / bare, ours_speedup=seconds / timed[ours][0]))
     return rows
-
-
 
 
 # ---------------------------------------------------------------------------------------------- output
