@@ -159,3 +159,13 @@ def test_forward_exp_poisons_a_row_with_a_non_finite_logit(layout):
     out = [torch.empty(3) for _ in range(4)]
     torch.ops.gro_C.logprob_forward_exp_(_in_layout(z, layout), torch.tensor([0, 1, 2]), 1.0, IGNORE, *out)
     assert all(torch.isnan(t[1]) for t in out[:2]) and all(torch.isfinite(t[[0, 2]]).all() for t in out)
+
+
+def test_forward_exp_refuses_bad_input():
+    z, out = torch.randn(2, 9), [torch.empty(2) for _ in range(4)]
+    with pytest.raises(RuntimeError, match="target id 9 at row 1 is outside"):
+        torch.ops.gro_C.logprob_forward_exp_(z, torch.tensor([0, 9]), 1.0, IGNORE, *out)
+    with pytest.raises(RuntimeError, match="inv_temperature must be > 0"):
+        torch.ops.gro_C.logprob_forward_exp_(z, torch.tensor([0, 1]), 0.0, IGNORE, *out)
+    with pytest.raises(RuntimeError, match="exp_scale must be contiguous"):
+        torch.ops.gro_C.logprob_forward_exp_(z, torch.tensor([0, 1]), 1.0, IGNORE, *out[:3], torch.empty(3))
