@@ -15,19 +15,20 @@ setup-peers:
 	$(PIP) install -q "triton==3.8.0" "liger-kernel==0.8.5" "cut-cross-entropy==25.1.1" || \
 		echo "peers not installed: benchmarks will skip Liger-Kernel / Cut Cross-Entropy"
 
-# Triton's interpreter flag is read when kernels are defined, so interpreter tests and AOT compile
-# tests each run in their own pytest process.
+# Run modes are pytest markers. Triton's interpreter flag is read when kernels are defined, so the
+# interpreter tests (marker `interpreter`) and the AOT compile tests (marker `aot`) each run in their
+# own pytest process; tests/conftest.py keeps interpreter tests to the TRITON_INTERPRET=1 process.
 test: setup
 	$(MAKE) test-main test-interpreter test-aot
 
 test-main:
-	$(PYTEST) tests --ignore=tests/interpreter --ignore=tests/aot
+	$(PYTEST) tests -m "not aot"
 
 test-interpreter:
-	TRITON_INTERPRET=1 $(PYTEST) tests/interpreter
+	TRITON_INTERPRET=1 $(PYTEST) tests -m interpreter
 
 test-aot:
-	$(PYTEST) tests/aot
+	$(PYTEST) tests -m aot
 
 bench: setup setup-peers
 	$(PY) -m benchmarks.run

@@ -205,15 +205,14 @@ def run(quick=False, repeats=3, sweep=True, out="bench_results", methods=METHODS
     main_shapes = QUICK_MAIN if quick else MAIN_SHAPES
     sweep_shapes = QUICK_SWEEP if quick else SWEEP
     rows = []
-    for name, (n, h, v) in main_shapes.items():
+    for name, (n, h, v) in common.progress(main_shapes.items(), "linear_logprobs shapes"):
         check_correctness(n, h, v)
         rows += bench_shape(name, n, h, v, methods, repeats, with_memory=True)
-        print(common.format_table([r for r in rows if r["shape"] == name], COLUMNS), flush=True)
     if sweep:
-        for v, (h, ns) in sweep_shapes.items():
-            for n in ns:
-                rows += bench_shape(f"sweep-V{v}", n, h, v, ("gemm", "naive", "gro", "torch_chunked_ce"),
-                                    1 if not quick else repeats, with_memory=True)
+        points = [(v, h, n) for v, (h, ns) in sweep_shapes.items() for n in ns]
+        for v, h, n in common.progress(points, "linear_logprobs N sweep"):
+            rows += bench_shape(f"sweep-V{v}", n, h, v, ("gemm", "naive", "gro", "torch_chunked_ce"),
+                                1 if not quick else repeats, with_memory=True)
     os.makedirs(out, exist_ok=True)
     common.write_csv(os.path.join(out, "linear_logprobs.csv"), rows)
     plot(rows, os.path.join(out, "linear_logprobs.png"))

@@ -61,7 +61,7 @@ def naive_token_logprobs(x):
 
 
 def naive_grpo_loss(x):
-    """GRPO (GRO_SPEC.md §3): clipped surrogate + beta * k3, seq_mean_token_mean, materialized logits."""
+    """GRPO (docs/math.md §3): clipped surrogate + beta * k3, seq_mean_token_mean, materialized logits."""
     logp = naive_token_logprobs(x)
     ratio = torch.exp(torch.clamp(logp - x["old_logprobs"], -20, 20))
     adv = x["advantages"].unsqueeze(1)
@@ -73,7 +73,7 @@ def naive_grpo_loss(x):
 
 
 def naive_dpo_loss(x):
-    """DPO (GRO_SPEC.md §4) on masked sequence sums, materialized logits; row 0 chosen, row 1 rejected."""
+    """DPO (docs/math.md §4) on masked sequence sums, materialized logits; row 0 chosen, row 1 rejected."""
     m = x["mask"].float()
     g = ((naive_token_logprobs(x) - x["ref_logprobs"]) * m).sum(1)
     return -torch.nn.functional.logsigmoid(DPO_BETA * (g[0] - g[1]))
@@ -263,7 +263,8 @@ def run(out_dir="bench_results", suites=("grpo", "dpo"), repeats=3, quick=False)
     shapes = QUICK_SHAPES if quick else SHAPES
     env = dict(common.environment(), load_avg_start=os.getloadavg())
     rows = []
-    for suite in suites:  # results are written after each suite, so a late failure keeps the earlier ones
+    # Results are written after each suite, so a late failure keeps the earlier ones.
+    for suite in common.progress(suites, "loss suites"):
         rows += run_suite(suite, shapes[suite], repeats)
         env["load_avg_end"] = os.getloadavg()
         common.write_csv(os.path.join(out_dir, "losses.csv"), [{c: r[c] for c in COLUMNS} for r in rows])

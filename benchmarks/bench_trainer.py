@@ -50,7 +50,7 @@ def parse_args(argv=None):
 
 def build(args, impl, workdir):
     from gro_kernels.trainer import GROConfig, GROTrainer, tiny
-    from gro_kernels.trainer.trainer import copy_as_reference
+    from gro_kernels.trainer.policy import copy_as_reference
 
     torch.manual_seed(0)
     alphabet = [chr(0x4E00 + i) for i in range(args.vocab - 4)]
@@ -133,23 +133,20 @@ def probe(args):
             "tokens": batch.rollout.num_tokens(), "first_step_grad_norm": records[0]["grad_norm"]}
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    if args.probe:
-        print(json.dumps(probe(args)))
-        return 0
+def run(args):
+    """Both implementations, `args.repeats` interleaved processes each; writes <out>.json / <out>.md.
+    Returns (markdown table, one-line summary)."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
     flags = [f"--hidden={args.hidden}", f"--layers={args.layers}", f"--vocab={args.vocab}",
              f"--prompts={args.prompts}", f"--generations={args.generations}", f"--new-tokens={args.new_tokens}",
              f"--micro-batch={args.micro_batch}", f"--steps={args.steps}", f"--threads={args.threads}"]
     results = {impl: [] for impl in IMPLS}
-    for _ in range(args.repeats):
-        for impl in IMPLS:
-            cmd = [sys.executable, "-m", "benchmarks.bench_trainer", f"--probe={impl}", *flags]
-            out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
-            if out.returncode != 0:
-                raise RuntimeError(f"{impl} probe failed: {out.stderr.strip()[-2000:]}")
-            results[impl].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    for _, impl in common.progress([(r, impl) for r in range(args.repeats) for impl in IMPLS], "trainer steps"):
+        cmd = [sys.executable, "-m", "benchmarks.bench_trainer", f"--probe={impl}", *flags]
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
+        if out.returncode != 0:
+            raise RuntimeError(f"{impl} probe failed: {out.stderr.strip()[-2000:]}")
+        results[impl].append(json.loads(out.stdout.strip().splitlines()[-1]))
     rows = []
     for impl in IMPLS:
         best = min(results[impl], key=lambda r: r["step_s"])
@@ -166,15 +163,25 @@ def main(argv=None):
                ("step_peak_rss_mb", "step peak RSS MB", "{:.0f}"), ("update_extra_mb", "update extra MB", "{:.0f}"),
                ("loss_side_extra_mb", "loss-side extra MB", "{:.0f}")]
     table = common.format_table(rows, columns)
-    print(table)
-    print(f"loss-side memory: materialized / fused = {summary['loss_side_ratio']:.1f}x; update phase "
-          f"{summary['update_extra_ratio']:.1f}x; step time materialized / fused = {summary['step_time_ratio']:.2f}; "
-          f"first-step grad norm relative difference = {summary['first_step_grad_norm_rel_diff']:.1e}")
+    line = (f"loss-side memory: materialized / fused = {summary['loss_side_ratio']:.1f}x; update phase "
+            f"{summary['update_extra_ratio']:.1f}x; step time materialized / fused = {summary['step_time_ratio']:.2f}; "
+            f"first-step grad norm relative difference = {summary['first_step_grad_norm_rel_diff']:.1e}")
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out + ".json", "w") as f:
         json.dump(summary, f, indent=2, default=str)
     with open(args.out + ".md", "w") as f:
         f.write(table + "\n")
+    return table, line
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.probe:
+        print(json.dumps(probe(args)))
+        return 0
+    table, line = run(args)
+    print(table)
+    print(line)
     return 0
 
 

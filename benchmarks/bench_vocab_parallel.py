@@ -3,7 +3,7 @@
 Each rank is its own process (spawned) holding the replicated hidden states [N, H] and targets and
 its shard [V_r, H] of the LM head, and runs linear_logprobs(..., return_entropy=True,
 process_group=..., vocab_start=...) forward + backward with random upstream gradients. Memory per rank,
-from /proc/self (TOOLCHAIN.md): the RSS high-water mark is reset after a warm-up step, then
+from /proc/self (docs/testing.md, Memory): the RSS high-water mark is reset after a warm-up step, then
   total = peak RSS during the measured step - RSS before the inputs existed (inputs + gradients + work),
   extra = peak RSS during the step - RSS with the inputs in place, minus dhidden and the dW shard that
           any method must allocate (the chunk tiles and the per-token statistics).
@@ -21,6 +21,7 @@ import time
 
 import torch
 
+from benchmarks import common
 from benchmarks.common import rss_bytes, rss_high_water_bytes
 
 MB = 1 << 20
@@ -85,24 +86,33 @@ def run(shape, world, timeout=1800):
     return sorted(rows, key=lambda row: row["rank"])
 
 
-def main():
+def markdown(shape, rows):
+    n, h, v = shape
+    lines = [f"N={n} H={h} V={v} fp32, linear_logprobs + entropy fwd+bwd per rank", "",
+             "| P | rank | V_r | total MB | extra MB | weight shard MB | step s |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['P']} | {r['rank']} | {r['shard']} | {r['total_mb']:.0f} | {r['extra_mb']:.0f} | "
+              f"{r['weight_shard_mb']:.0f} | {r['seconds']:.1f} |" for r in rows]
+    return "\n".join(lines)
+
+
+def run_worlds(shape, worlds):
+    rows = []
+    for world in common.progress(worlds, "vocab-parallel ranks"):
+        rows += run(shape, world)
+    return rows
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--vocab", type=int, default=128256)
     parser.add_argument("--ranks", default="1,2,3")
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     shape = (args.tokens, args.hidden, args.vocab)
-    rows = []
-    for world in (int(p) for p in args.ranks.split(",")):
-        rows += run(shape, world)
-    print(f"N={args.tokens} H={args.hidden} V={args.vocab} fp32, linear_logprobs + entropy fwd+bwd per rank")
-    print("| P | rank | V_r | total MB | extra MB | weight shard MB | step s |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['P']} | {r['rank']} | {r['shard']} | {r['total_mb']:.0f} | {r['extra_mb']:.0f} | "
-              f"{r['weight_shard_mb']:.0f} | {r['seconds']:.1f} |")
+    rows = run_worlds(shape, [int(p) for p in args.ranks.split(",")])
+    print(markdown(shape, rows))
     if args.out:
         with open(args.out, "w") as f:
             json.dump(dict(shape=shape, rows=rows, torch=torch.__version__), f, indent=1)

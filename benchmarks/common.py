@@ -4,7 +4,7 @@ Timing: methods run round-robin in one process (noise on a shared machine spread
 and each reports the median over repeats. Peak memory: each method runs in a fresh interpreter
 (`python -m benchmarks.<module> --memory-probe ...`); the RSS high-water mark is reset through
 /proc/self/clear_refs after inputs and the gradient outputs every method must allocate exist, and
-"extra" is VmHWM minus the RSS at that point (TOOLCHAIN.md).
+"extra" is VmHWM minus the RSS at that point (docs/testing.md, Memory).
 """
 
 import csv
@@ -111,6 +111,16 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor()
+
+
+def progress(items, desc: str):
+    """A tqdm bar (on stderr) over a long benchmark loop; plain iteration when tqdm is missing."""
+    items = list(items)
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, desc=desc, leave=False, dynamic_ncols=True)
 
 
 def write_csv(path: str, rows: list):

@@ -1,9 +1,13 @@
-"""The benchmark runner: every op family against its baselines on the device present.
+"""The benchmark runner: every benchmark family against its baselines on the device present.
 
-    python -m benchmarks.run [--quick] [--only linear_logprobs,losses,roofline] [--repeats 3] [--out bench_results]
+    python -m benchmarks.run [--quick] [--only linear_logprobs,losses,...] [--repeats 3] [--out bench_results]
 
-Writes <out>/summary.md (every table, with the environment it was measured in), the per-family
-CSV files and PNG plots. `make bench` runs it after installing the package and the optional peers.
+Families: linear_logprobs (the fused primitive vs bare GEMMs, naive and the peers), losses (GRO losses
+vs bare GEMMs, naive and Liger), vocab_parallel (per-rank memory with the head sharded over 1-3 gloo
+ranks), trainer (GRO trainer steps, fused vs materialized loss), roofline (the Triton kernels on paper).
+Each family's table is printed once, when it finishes; a progress bar (stderr) follows the long loops.
+Writes <out>/summary.md (every table, with the environment it was measured in) and the per-family
+CSV/JSON files and PNG plots. `make bench` runs it after installing the package and the optional peers.
 """
 
 import argparse
@@ -11,45 +15,72 @@ import json
 import os
 import time
 
-from benchmarks import bench_linear_logprobs, bench_losses, common, roofline
+from benchmarks import bench_linear_logprobs, bench_losses, bench_trainer, bench_vocab_parallel, common, roofline
 
-FAMILIES = ("linear_logprobs", "losses", "roofline")
+
+def _linear_logprobs(args):
+    rows = bench_linear_logprobs.run(args.quick, args.repeats, True, args.out)
+    return "linear_logprobs (fp32)", common.format_table(rows, bench_linear_logprobs.COLUMNS)
+
+
+def _losses(args):
+    rows = bench_losses.run(args.out, ("grpo", "dpo"), args.repeats, args.quick)
+    return "GRO losses (fp32, hidden -> loss, fwd+bwd)", bench_losses.format_table(rows)
+
+
+def _vocab_parallel(args):
+    shape = (512, 64, 8192) if args.quick else (4096, 256, 128256)
+    rows = bench_vocab_parallel.run_worlds(shape, [1, 2] if args.quick else [1, 2, 3])
+    with open(os.path.join(args.out, "vocab_parallel.json"), "w") as f:
+        json.dump(dict(shape=shape, rows=rows), f, indent=1)
+    return "Vocabulary-parallel head (per-rank memory, gloo ranks)", bench_vocab_parallel.markdown(shape, rows)
+
+
+def _trainer(args):
+    small = ["--hidden=64", "--layers=1", "--vocab=2048", "--prompts=2", "--generations=2", "--new-tokens=32",
+             "--micro-batch=4", "--steps=1"]
+    options = small if args.quick else [f"--repeats={max(1, args.repeats // 2)}"]
+    table, line = bench_trainer.run(bench_trainer.parse_args(options + [f"--out={args.out}/trainer"]))
+    return "GRO trainer step (fused vs materialized loss)", table + "\n\n" + line
+
+
+def _roofline(args):
+    return "Triton kernels on H100/H200 (paper roofline, not measured here)", roofline.markdown(roofline.rows())
+
+
+FAMILIES = {"linear_logprobs": _linear_logprobs, "losses": _losses, "vocab_parallel": _vocab_parallel,
+            "trainer": _trainer, "roofline": _roofline}
+
+
+def _write_summary(out, sections):
+    with open(os.path.join(out, "summary.md"), "w") as f:
+        f.write("\n".join(sections))
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small shapes: a smoke run of every family")
-    parser.add_argument("--only", default=",".join(FAMILIES), help=f"comma list of {FAMILIES}")
+    parser.add_argument("--only", default=",".join(FAMILIES), help=f"comma list of {list(FAMILIES)}")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="bench_results")
     args = parser.parse_args(argv)
     families = [f for f in args.only.split(",") if f]
     unknown = set(families) - set(FAMILIES)
     if unknown:
-        parser.error(f"unknown families {sorted(unknown)}; choose from {FAMILIES}")
+        parser.error(f"unknown families {sorted(unknown)}; choose from {list(FAMILIES)}")
     os.makedirs(args.out, exist_ok=True)
     env = common.environment()
     print(json.dumps(env), flush=True)
     sections = [f"# gro-kernels benchmarks\n\nEnvironment: `{json.dumps(env)}`\n"]
     start = time.time()
-    if "linear_logprobs" in families:
-        rows = bench_linear_logprobs.run(args.quick, args.repeats, True, args.out)
-        table = common.format_table(rows, bench_linear_logprobs.COLUMNS)
-        sections.append("## linear_logprobs (fp32)\n\n" + table + "\n")
-        print(table, flush=True)
-    if "losses" in families:
-        rows = bench_losses.run(args.out, ("grpo", "dpo"), args.repeats, args.quick)
-        table = bench_losses.format_table(rows)
-        sections.append("## GRO losses (fp32, hidden -> loss, fwd+bwd)\n\n" + table + "\n")
-        print(table, flush=True)
-    if "roofline" in families:
-        table = roofline.markdown(roofline.rows())
-        sections.append("## Triton kernels on H100/H200 (paper roofline, not measured here)\n\n" + table + "\n")
-        print(table, flush=True)
+    for name in common.progress(families, "benchmark families"):
+        title, table = FAMILIES[name](args)
+        sections.append(f"## {title}\n\n{table}\n")
+        print(f"\n## {title}\n\n{table}\n", flush=True)
+        _write_summary(args.out, sections)  # after each family, so a cut-short run keeps what it measured
     sections.append(f"Total benchmark time: {time.time() - start:.0f} s; load average at the end: "
                     f"{os.getloadavg()[0]:.2f}\n")
-    with open(os.path.join(args.out, "summary.md"), "w") as f:
-        f.write("\n".join(sections))
+    _write_summary(args.out, sections)
     print(f"wrote {args.out}/summary.md", flush=True)
 
 

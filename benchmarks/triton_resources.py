@@ -1,6 +1,6 @@
 """Registers, spills and shared memory of every Triton kernel with its default config, for sm_80
-and sm_90, compiled ahead of time without a GPU (gro_kernels.triton_aot; the same specs as the
-tests/aot suite).
+and sm_90, compiled ahead of time without a GPU (gro_kernels.ops.common.triton_aot; the same specs as the
+aot-marked tests).
 
 `python -m benchmarks.triton_resources` prints the table and writes
 benchmarks/results/triton_resources.md.
@@ -13,7 +13,7 @@ import torch
 import triton
 
 from benchmarks import common
-from gro_kernels import triton_aot
+from gro_kernels.ops.common import triton_aot
 from gro_kernels.ops.group_advantages import triton_impl as adv_triton
 from gro_kernels.ops.linear_logprobs import triton_impl as lp_triton
 from gro_kernels.ops.policy_loss import triton_impl as policy_triton

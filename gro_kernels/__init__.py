@@ -1,8 +1,8 @@
 """gro-kernels: fused log-prob, KL and GRO loss kernels for RL post-training of LLMs."""
 
 from ._ext import native_status
-from .functional import (exact_kl, gro_loss, group_advantages, kl_penalty, linear_logprobs, linear_logprobs_no_grad,
-                         policy_loss, preference_loss, selected_backend)
+from .functional import exact_kl, linear_logprobs, linear_logprobs_no_grad, selected_backend
+from .losses import gro_loss, group_advantages, kl_penalty, policy_loss, preference_loss
 from .modules import GROLoss, GROModelLoss, LinearLogprobs
 from .presets import PRESETS, GROObjective
 

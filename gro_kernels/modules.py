@@ -5,6 +5,7 @@ from typing import Optional
 import torch
 
 from . import functional as F
+from .losses import gro_loss
 from .presets import GROObjective
 
 
@@ -35,7 +36,7 @@ class GROLoss(torch.nn.Module):
         clash = sorted(set(batch) & set(self.options))
         if clash:
             raise TypeError(f"GROLoss got {clash} both at construction and in forward; pass each once")
-        return F.gro_loss(hidden, weight, targets, bias, preset=self.preset, config=self.config, **self.options,
+        return gro_loss(hidden, weight, targets, bias, preset=self.preset, config=self.config, **self.options,
                           **batch)
 
     def extra_repr(self) -> str:
@@ -79,7 +80,7 @@ class GROModelLoss(torch.nn.Module):
         hidden = out.last_hidden_state[:, first_position:first_position + targets.shape[1]]
         head = self.model.get_output_embeddings()
         _require_gathered(head.weight)
-        return F.gro_loss(hidden, head.weight, targets, getattr(head, "bias", None), preset=self.preset,
+        return gro_loss(hidden, head.weight, targets, getattr(head, "bias", None), preset=self.preset,
                           config=self.config, grad_in_forward=self._grad_in_forward(head.weight), **self.options,
                           **batch)
 

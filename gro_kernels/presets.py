@@ -1,4 +1,4 @@
-"""GRO presets: every method as one frozen GROObjective (GRO_SPEC.md §5).
+"""GRO presets: every method as one frozen GROObjective (docs/math.md §5).
 
 Online rows (rewards + groups): weight = magnitude(score - anchor), through a surrogate.
   anchor/magnitude: group_mean/std (GRPO), group_mean/batch_std (GRPO, scale_rewards="batch"),

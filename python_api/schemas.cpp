@@ -24,7 +24,7 @@ TORCH_LIBRARY(gro_C, m) {
   m.def(
       "logprob_forward_exp_(Tensor(a!) logits, Tensor targets, float inv_temperature, int ignore_index, "
       "Tensor(b!) logprob, Tensor(c!) lse, Tensor(d!)? entropy, Tensor(e!) exp_scale) -> ()");
-  // Segmented group advantages (GRO_SPEC.md §2): rewards [B] fp32 sorted by group, group g is
+  // Segmented group advantages (docs/math.md §2): rewards [B] fp32 sorted by group, group g is
   // rewards[offsets[g]:offsets[g+1]]; mode is 'grpo', 'dr_grpo' or 'rloo'. Returns fp32 [B].
   m.def("group_advantages(Tensor rewards, Tensor offsets, str mode, float eps) -> Tensor");
 }

@@ -3,7 +3,7 @@
 import torch
 
 import gro_kernels
-from tests.helpers import make_inputs
+from tests.support.helpers import make_inputs
 
 
 def loss_fn(hidden, weight, targets, bias, upstream):

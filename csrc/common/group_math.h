@@ -1,4 +1,4 @@
-// Per-group advantage math shared by the CPU and CUDA group_advantages kernels (GRO_SPEC.md §2).
+// Per-group advantage math shared by the CPU and CUDA group_advantages kernels (docs/math.md §2).
 //
 // A group is a contiguous run of n rewards. Sums are taken in double: n identical fp32 rewards then
 // sum to exactly n*r, the mean is exactly r, and every deviation is exactly 0, so identical rewards

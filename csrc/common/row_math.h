@@ -1,4 +1,4 @@
-// Row math shared by the CPU and CUDA epilogues of linear_logprobs (GRO_SPEC.md §1).
+// Row math shared by the CPU and CUDA epilogues of linear_logprobs (docs/math.md §1).
 //
 // Everything here is a scalar, branch-light, __host__ __device__ function of floats, so that
 // the CPU code can auto-vectorize it inside `#pragma omp simd` loops and the CUDA code can call
@@ -94,7 +94,7 @@ GRO_HD float row_lse(RowStats s) { return s.max + logf(s.sum_exp); }
 // Shannon entropy of softmax(s): log S - E[s - m].
 GRO_HD float row_entropy(RowStats s) { return logf(s.sum_exp) - s.sum_exp_shift / s.sum_exp; }
 
-// d loss / d z_v for one vocabulary entry that is not the target (GRO_SPEC.md §1 backward):
+// d loss / d z_v for one vocabulary entry that is not the target (docs/math.md §1 backward):
 //   (1/tau) * [ -g_l * p  -  g_H * p * (log p + H) ],  log p = z_v/tau - lse.
 // The target entry adds g_l / tau on top (see logit_grad_target_extra).
 GRO_HD float logit_grad(float z, float inv_tau, float lse, float g_logprob, float g_entropy, float entropy) {

@@ -9,8 +9,9 @@ from typing import List, Optional
 import torch
 
 from . import objective, tasks, tiny
+from .policy import copy_as_reference
 from .config import load_config
-from .trainer import GROTrainer, copy_as_reference
+from .trainer import GROTrainer
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -54,9 +54,7 @@ def reference_for(model, ref_model, preset: ObjectiveConfig, config):
         policy.check_model(ref_model)
         return ref_model
     if config.mode == "iterative_dpo":
-        from .trainer import copy_as_reference
-
-        return copy_as_reference(model)  # refreshed from the policy at the start of every round
+        return policy.copy_as_reference(model)  # refreshed from the policy at the start of every round
     if needs_reference(preset, config):
         why = f"beta={config.beta} (KL penalty)" if preset.has_online and preset.kl_coef > 0 else \
             f"the '{preset.offline_loss}' implicit reward"

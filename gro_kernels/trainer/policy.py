@@ -4,6 +4,7 @@ The model's decoder runs on the whole sequence; only the hidden states that pred
 are kept, and they meet `lm_head.weight` inside the fused ops. No forward that builds logits runs here.
 """
 
+import copy
 from dataclasses import dataclass
 from typing import Optional
 
@@ -66,3 +67,8 @@ def completion_logprobs(model, input_ids, attention_mask, completion_mask, promp
         parts.append(gro_kernels.linear_logprobs_no_grad(h.hidden, h.weight, h.targets, h.bias,
                                                          temperature=temperature, ignore_index=IGNORE_INDEX))
     return torch.cat(parts)
+
+
+def copy_as_reference(model):
+    """A frozen deep copy of `model` (for iterative DPO, or a reference taken from the initial policy)."""
+    return copy.deepcopy(model).eval().requires_grad_(False)

@@ -1,6 +1,5 @@
 """GROTrainer: the loop (sample, score, advantages, old/ref logprobs, mini-batch updates), not the math."""
 
-import copy
 import logging
 import math
 import random
@@ -248,7 +247,3 @@ def _lr_lambda(config: GROConfig):
 
     return factor
 
-
-def copy_as_reference(model):
-    """A frozen deep copy of `model` (for iterative DPO, or a reference taken from the initial policy)."""
-    return copy.deepcopy(model).eval().requires_grad_(False)

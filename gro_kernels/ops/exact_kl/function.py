@@ -70,7 +70,7 @@ def _backward(ctx, grad_kl, _grad_lse_p, _grad_lse_q):
 exact_kl_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def exact_kl(hidden, weight, bias, ref_hidden, ref_weight, ref_bias, mask, *, temperature, chunk_size):
+def exact_kl_op(hidden, weight, bias, ref_hidden, ref_weight, ref_bias, mask, *, temperature, chunk_size):
     """Per-token KL [N] fp32; inputs are already validated and flattened to [N, H] / [N, H']."""
     if chunk_size is None:
         chunk_size = chunked.default_chunk_size(hidden.shape[0], weight.shape[0])

@@ -7,7 +7,7 @@ def exact_kl_naive(hidden, weight, ref_hidden, ref_weight, bias=None, ref_bias=N
     """Exact per-token KL(pi || pi_ref) over the whole vocabulary.
 
     With policy logits z_t = W h_t (+ b), reference logits z'_t = W' h'_t (+ b'), temperature tau,
-    p = softmax(z_t / tau) and q = softmax(z'_t / tau) (GRO_SPEC.md §1):
+    p = softmax(z_t / tau) and q = softmax(z'_t / tau) (docs/math.md §1):
 
         KL_t = sum_v p_v (log p_v - log q_v)
         dKL_t / dz_t = p * (log p - log q - KL_t) / tau

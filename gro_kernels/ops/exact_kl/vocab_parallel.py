@@ -14,7 +14,7 @@ mask and the upstream gradient must be the same on every rank.
 
 import torch
 
-from ... import _distributed as dist_utils
+from ..common import collectives
 from . import chunked
 
 
@@ -33,7 +33,7 @@ class _ShardedExactKL(torch.autograd.Function):
                 chunk_size):
         kl_r, lse_p_r, lse_q_r = chunked.forward(hidden, weight, bias, ref_hidden, ref_weight, ref_bias, mask,
                                                  inv_temperature=inv_temperature, chunk_size=chunk_size)
-        gathered = dist_utils.all_gather_stack(torch.stack([lse_p_r, lse_q_r, kl_r]), shard.group)
+        gathered = collectives.all_gather_stack(torch.stack([lse_p_r, lse_q_r, kl_r]), shard.group)
         kl, lse_p, lse_q = combine(gathered)
         if mask is not None:
             kl = kl.masked_fill(~mask, 0.0)
@@ -52,11 +52,11 @@ class _ShardedExactKL(torch.autograd.Function):
                                       chunk_size=chunk_size, needs_hidden=needs_hidden, needs_weight=needs_weight,
                                       needs_bias=needs_bias)
         if needs_hidden:
-            dist_utils.all_reduce_sum_(dh, shard.group)  # every rank's share of dhidden -> the full dhidden
+            collectives.all_reduce_sum_(dh, shard.group)  # every rank's share of dhidden -> the full dhidden
         return dh, dw, db, None, None, None, None, None, None, None
 
 
-def exact_kl(hidden, weight, bias, ref_hidden, ref_weight, ref_bias, mask, shard, *, temperature, chunk_size):
+def sharded_exact_kl(hidden, weight, bias, ref_hidden, ref_weight, ref_bias, mask, shard, *, temperature, chunk_size):
     """Per-token KL [N] fp32 over the full vocabulary; inputs validated and flattened, `shard` checked."""
     if chunk_size is None:
         # Rows per chunk as for the whole vocabulary, so the two [C, V_r] tiles shrink with the shard.

@@ -12,7 +12,8 @@ import functools
 
 import torch
 
-from ... import _dispatch, _ext
+from ... import _ext
+from ..common import dispatch
 
 MODES = ("grpo", "dr_grpo", "rloo", "remax", "reinforce_pp", "none")
 SCALES = ("group", "batch", "none")
@@ -22,7 +23,7 @@ _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
 
 @functools.cache
 def _triton_impl():
-    return _dispatch.optional_triton_impl(__package__)
+    return dispatch.optional_triton_impl(__package__)
 
 
 def _native_usable(device_type: str) -> bool:
@@ -38,14 +39,14 @@ def _rows_grouped(index) -> bool:
 
 def select_impl(index, mode: str) -> str:
     """"triton", "native" or "torch": which implementation group_advantages runs (GRO_BACKEND steers
-    it, see _dispatch). CUDA: Triton when importable, else the native CUDA op, else torch. CPU: the
-    native op when built and rows come group by group; unsorted rows stay in torch, because sorting
-    them costs more than the native op saves (measured: notes/wiring.md)."""
+    it, see ops/common/dispatch.py). CUDA: Triton when importable, else the native CUDA op, else torch.
+    CPU: the native op when built and rows come group by group; unsorted rows stay in torch, because
+    sorting them (a host-side argsort and two gathers) cost more than the native op saved when measured."""
     if index is None or mode not in KERNEL_MODES:
         return "torch"
-    backend = _dispatch.requested_backend()
+    backend = dispatch.requested_backend()
     if backend == "triton" and _triton_impl() is None:
-        raise RuntimeError(_dispatch.TRITON_MISSING)
+        raise RuntimeError(dispatch.TRITON_MISSING)
     if backend in ("triton", "naive"):
         return "torch" if backend == "naive" else "triton"
     device = index.device

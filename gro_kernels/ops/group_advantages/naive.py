@@ -1,4 +1,4 @@
-"""The spec of group advantages: a plain loop over groups (GRO_SPEC.md §2). The test oracle."""
+"""The spec of group advantages: a plain loop over groups (docs/math.md §2). The test oracle."""
 
 import torch
 

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..._triton_common import require_launchable
+from ..common.triton_helpers import require_launchable
 
 BLOCK = 256
 _MODES = {"grpo": 0, "grpo_unscaled": 1, "dr_grpo": 2, "rloo": 3}
@@ -78,7 +78,7 @@ def segmented_advantages(rewards, offsets, mode: str, *, eps: float = 1e-6):
 
 def compile_specs(target: str):
     """Kernel variants for the AOT tests (one config on both targets: a memory-bound segmented pass)."""
-    from ...triton_aot import KernelSpec
+    from ..common.triton_aot import KernelSpec
 
     types = dict(r_ptr="*fp32", offsets_ptr="*i64", out_ptr="*fp32", eps="fp32")
     return [KernelSpec(f"group_adv[{mode}]", _segment_advantage_kernel, types, dict(MODE=code, BLOCK=BLOCK),

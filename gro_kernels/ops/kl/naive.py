@@ -1,4 +1,4 @@
-"""Sampled KL estimators on per-token logprobs (GRO_SPEC.md §3), written with plain autograd ops."""
+"""Sampled KL estimators on per-token logprobs (docs/math.md §3), written with plain autograd ops."""
 
 import torch
 

@@ -1,7 +1,7 @@
 """Chunk epilogues of the chunked backend: native (gro_C ops) or plain torch (the fallback).
 
 Both work on one fp32 chunk of logits z [rows, V] and write into caller-owned row slices.
-Forward: lse, target logprob, entropy. Backward: overwrite z with dLoss/dz (GRO_SPEC.md §1).
+Forward: lse, target logprob, entropy. Backward: overwrite z with dLoss/dz (docs/math.md §1).
 vocab_shard=True: z holds one vocabulary shard; a target outside [0, V) that is not ignore_index is
 another shard's token. Forward gives it logprob 0 and the shard's lse and entropy; backward (given the
 full vocabulary's lse and entropy) gives it the softmax part of dLoss/dz without the one-hot term.

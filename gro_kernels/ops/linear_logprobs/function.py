@@ -10,10 +10,11 @@ from typing import Optional
 
 import torch
 
-from ... import _dispatch, _ext
+from ... import _ext
+from ..common import dispatch
 from . import chunked, naive
 
-BACKENDS = _dispatch.BACKENDS
+BACKENDS = dispatch.BACKENDS
 
 
 def _triton_pair():
@@ -70,7 +71,7 @@ def resolve_backend(backend: str, device: torch.device, hidden_size: Optional[in
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        backend = _dispatch.requested_backend()
+        backend = dispatch.requested_backend()
     if backend != "auto":
         return backend
     if not triton_usable(device):
@@ -145,7 +146,7 @@ def _backward(ctx, grad_logprobs, grad_entropy, _grad_lse):
 linear_logprobs_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def linear_logprobs(hidden, weight, bias, targets, *, temperature, ignore_index, with_entropy, chunk_size, backend):
+def linear_logprobs_op(hidden, weight, bias, targets, *, temperature, ignore_index, with_entropy, chunk_size, backend):
     """Dispatch on a resolved backend; inputs are already validated and flattened to [N, H]."""
     if backend == "naive":
         logprobs, entropy = naive.linear_logprobs_naive(hidden, weight, targets, bias, temperature=temperature,

@@ -6,7 +6,7 @@ import torch
 def linear_logprobs_naive(hidden, weight, targets, bias=None, *, temperature=1.0, ignore_index=-100):
     """Log-probability of each target token and the entropy of each token's distribution.
 
-    For row t with logits z_t = W h_t (+ b) and temperature tau (GRO_SPEC.md §1):
+    For row t with logits z_t = W h_t (+ b) and temperature tau (docs/math.md §1):
 
         logprob_t = z_t[y_t] / tau - logsumexp(z_t / tau)
         entropy_t = -sum_v p_v log p_v,   p = softmax(z_t / tau)

@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 import triton
 
-from ... import _triton_common as tc
+from ..common import triton_helpers as tc
 from . import triton_kernels as k
 
 
@@ -34,8 +34,8 @@ class TileConfig:
     num_stages: int
 
 
-# Chosen on paper, checked with ptxas (see /work/notes/triton.md): sm_80 has 164 KB shared memory
-# and 64K registers per SM, sm_90 228 KB. A 128x128 fp32 logit tile is 64 registers per thread at
+# Chosen on paper, checked with ptxas (benchmarks/results/triton_resources.md): sm_80 has 164 KB
+# shared memory and 64K registers per SM, sm_90 228 KB. A 128x128 fp32 logit tile is 64 registers per thread at
 # 8 warps; the forward's softmax temporaries and the backward's two [128, BLOCK_K] products fill
 # the rest, so 128x256 tiles spill. The backward keeps 128x128 (not 64x128): atomic traffic scales
 # with 1/BLOCK_N + 1/BLOCK_V, and BLOCK_K=32 is what keeps it spill-free on both targets.
@@ -126,7 +126,7 @@ def forward(hidden, weight, bias, targets, *, inv_temperature, ignore_index, wit
             weight.stride(0), float(inv_temperature))
     _launch("fwd", grid, args, flags, cfg)
     entropy_arg = entropy if with_entropy else lse
-    torch.library.wrap_triton(k._fwd_merge_kernel)[(triton.cdiv(n, MERGE_BLOCK),)](
+    torch.library.wrap_triton(k._linear_logprobs_merge_kernel)[(triton.cdiv(n, MERGE_BLOCK),)](
         part, targets, logprobs, entropy_arg, lse, n, splits, int(ignore_index),
         WITH_ENTROPY=bool(with_entropy), BLOCK=MERGE_BLOCK)
     return logprobs, entropy, lse
@@ -186,7 +186,7 @@ def bwd_op(grad_logprobs: torch.Tensor, grad_entropy: Optional[torch.Tensor], hi
 
 
 def _launch(which, grid, args, flags, cfg):
-    kernel = k._fwd_kernel if which == "fwd" else k._bwd_kernel
+    kernel = k._linear_logprobs_fwd_kernel if which == "fwd" else k._linear_logprobs_bwd_kernel
     if tc.autotune_enabled() and not tc.interpreting():
         torch.library.wrap_triton(_autotuned(which))[grid](*args, **flags)
         return
@@ -200,10 +200,10 @@ def _autotuned(which):
     configs = [triton.Config({"BLOCK_K": bk}, num_warps=w, num_stages=s)
                for bk in (32, 64) for w in (4, 8) for s in (2, 3, 4)]
     if which == "fwd":
-        return triton.autotune(configs, key=["hidden_dim", "vocab"])(k._fwd_kernel)
+        return triton.autotune(configs, key=["hidden_dim", "vocab"])(k._linear_logprobs_fwd_kernel)
     # Atomic accumulators must be re-zeroed between timed trials.
     return triton.autotune(configs, key=["hidden_dim", "vocab"],
-                           reset_to_zero=["dh_ptr", "dw_ptr", "db_ptr"])(k._bwd_kernel)
+                           reset_to_zero=["dh_ptr", "dw_ptr", "db_ptr"])(k._linear_logprobs_bwd_kernel)
 
 
 _TORCH_TO_TRITON = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -214,7 +214,7 @@ def compile_specs(target: str, dtype: torch.dtype = torch.bfloat16):
 
     Sizes and strides are i32 in the signature, as Triton specializes them for values < 2^31;
     every product with a stride is formed in int64 inside the kernels."""
-    from ...triton_aot import KernelSpec
+    from ..common.triton_aot import KernelSpec
 
     fwd, bwd = tile_config(target, "fwd", dtype), tile_config(target, "bwd", dtype)
     t = _TORCH_TO_TRITON[dtype]
@@ -236,11 +236,11 @@ def compile_specs(target: str, dtype: torch.dtype = torch.bfloat16):
     for bias in (False, True):
         consts = dict(HAS_BIAS=bias, BLOCK_N=fwd.block_n, BLOCK_V=fwd.block_v, BLOCK_K=fwd.block_k, DOT_FP32=dot32,
                       ALLOW_TF32=dtype == torch.float32)
-        specs.append(KernelSpec(f"lp_fwd[{t}{',bias' if bias else ''}]", k._fwd_kernel, fwd_types, consts,
-                                fwd_aligned, fwd.num_warps, fwd.num_stages))
+        specs.append(KernelSpec(f"lp_fwd[{t}{',bias' if bias else ''}]", k._linear_logprobs_fwd_kernel, fwd_types,
+                                consts, fwd_aligned, fwd.num_warps, fwd.num_stages))
     merge_types = dict(part_ptr="*fp32", targets_ptr="*i64", logprob_ptr="*fp32", entropy_ptr="*fp32",
                        lse_ptr="*fp32", n_rows="i32", n_splits="i32", ignore_index="i32")
-    specs.append(KernelSpec("lp_fwd_merge", k._fwd_merge_kernel, merge_types,
+    specs.append(KernelSpec("lp_fwd_merge", k._linear_logprobs_merge_kernel, merge_types,
                             dict(WITH_ENTROPY=True, BLOCK=MERGE_BLOCK), ("part_ptr", "targets_ptr", "logprob_ptr",
                                                                           "entropy_ptr", "lse_ptr"), 4, 1))
     for bias, entropy in ((False, False), (True, True)):
@@ -248,6 +248,6 @@ def compile_specs(target: str, dtype: torch.dtype = torch.bfloat16):
                       BLOCK_N=bwd.block_n, BLOCK_V=bwd.block_v, BLOCK_K=bwd.block_k, GROUP_N=GROUP_N,
                       DOT_FP32=dot32, ALLOW_TF32=dtype == torch.float32)
         tag = t + (",bias" if bias else "") + (",entropy" if entropy else "")
-        specs.append(KernelSpec(f"lp_bwd[{tag}]", k._bwd_kernel, bwd_types, consts, bwd_aligned, bwd.num_warps,
-                                bwd.num_stages))
+        specs.append(KernelSpec(f"lp_bwd[{tag}]", k._linear_logprobs_bwd_kernel, bwd_types, consts, bwd_aligned,
+                                bwd.num_warps, bwd.num_stages))
     return specs

@@ -2,7 +2,7 @@
 
 Forward: each program streams a range of vocabulary tiles for BLOCK_N tokens, forming each logit
 tile with tl.dot over H and folding it into an online (max, sum-exp, shifted sum p*z, target logit)
-state; a merge kernel combines the vocabulary splits into lse, logprob and entropy (GRO_SPEC §1).
+state; a merge kernel combines the vocabulary splits into lse, logprob and entropy (docs/math.md §1).
 Backward: one program per (token tile, vocabulary tile) recomputes its logit tile from the saved
 lse, forms dLoss/dz in registers and adds dz @ W into dhidden and dz^T @ h into dweight with fp32
 atomics (see triton_impl.py for why atomics rather than a lock or split + reduce).
@@ -15,7 +15,7 @@ input dtype (bf16/fp16 tensor cores).
 import triton
 import triton.language as tl
 
-from ..._triton_common import offsets_i64
+from ..common.triton_helpers import offsets_i64
 
 # Initial running max: finite, so `S * (m_old - m_new)` is 0 (not NaN) on the first tile.
 _M_INIT = tl.constexpr(-1.0e30)
@@ -51,11 +51,11 @@ def _logit_tile(hidden_ptr, weight_ptr, bias_ptr, rows, cols, row_ok, col_ok, hi
 
 
 @triton.jit
-def _fwd_kernel(hidden_ptr, weight_ptr, bias_ptr, targets_ptr, part_ptr,
-                n_rows, vocab, hidden_dim, tiles_per_split, stride_hn, stride_wv,
-                inv_temperature,
-                HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
-                DOT_FP32: tl.constexpr, ALLOW_TF32: tl.constexpr):
+def _linear_logprobs_fwd_kernel(hidden_ptr, weight_ptr, bias_ptr, targets_ptr, part_ptr,
+                                n_rows, vocab, hidden_dim, tiles_per_split, stride_hn, stride_wv,
+                                inv_temperature,
+                                HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
+                                BLOCK_K: tl.constexpr, DOT_FP32: tl.constexpr, ALLOW_TF32: tl.constexpr):
     """Grid (token tiles, vocabulary splits): program (i, s) owns rows [i*BLOCK_N, +BLOCK_N) and the
     vocabulary tiles [s*tiles_per_split, +tiles_per_split); it writes that range's partial
     (max, sum-exp, sum exp*(z-max), target logit) to part[s, 0..3, rows]."""
@@ -94,9 +94,9 @@ def _fwd_kernel(hidden_ptr, weight_ptr, bias_ptr, targets_ptr, part_ptr,
 
 
 @triton.jit
-def _fwd_merge_kernel(part_ptr, targets_ptr, logprob_ptr, entropy_ptr, lse_ptr,
-                      n_rows, n_splits, ignore_index,
-                      WITH_ENTROPY: tl.constexpr, BLOCK: tl.constexpr):
+def _linear_logprobs_merge_kernel(part_ptr, targets_ptr, logprob_ptr, entropy_ptr, lse_ptr,
+                                  n_rows, n_splits, ignore_index,
+                                  WITH_ENTROPY: tl.constexpr, BLOCK: tl.constexpr):
     """Grid (row blocks): program i merges the n_splits partial states of rows [i*BLOCK, +BLOCK)
     into lse = M + log S, logprob = z_y - lse, entropy = log S - U/S (U relative to M)."""
     rows = offsets_i64(tl.program_id(0) * BLOCK, BLOCK)
@@ -128,13 +128,14 @@ def _fwd_merge_kernel(part_ptr, targets_ptr, logprob_ptr, entropy_ptr, lse_ptr,
 
 
 @triton.jit
-def _bwd_kernel(hidden_ptr, weight_ptr, bias_ptr, targets_ptr, lse_ptr, entropy_ptr, grad_lp_ptr, grad_ent_ptr,
-                dh_ptr, dw_ptr, db_ptr,
-                n_rows, vocab, hidden_dim, stride_hn, stride_wv, stride_dhn, stride_dwv,
-                inv_temperature, ignore_index,
-                HAS_BIAS: tl.constexpr, HAS_GRAD_ENTROPY: tl.constexpr, NEED_DH: tl.constexpr,
-                NEED_DW: tl.constexpr, NEED_DB: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
-                BLOCK_K: tl.constexpr, GROUP_N: tl.constexpr, DOT_FP32: tl.constexpr, ALLOW_TF32: tl.constexpr):
+def _linear_logprobs_bwd_kernel(hidden_ptr, weight_ptr, bias_ptr, targets_ptr, lse_ptr, entropy_ptr,
+                                grad_lp_ptr, grad_ent_ptr, dh_ptr, dw_ptr, db_ptr,
+                                n_rows, vocab, hidden_dim, stride_hn, stride_wv, stride_dhn, stride_dwv,
+                                inv_temperature, ignore_index,
+                                HAS_BIAS: tl.constexpr, HAS_GRAD_ENTROPY: tl.constexpr, NEED_DH: tl.constexpr,
+                                NEED_DW: tl.constexpr, NEED_DB: tl.constexpr, BLOCK_N: tl.constexpr,
+                                BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_N: tl.constexpr,
+                                DOT_FP32: tl.constexpr, ALLOW_TF32: tl.constexpr):
     """Grid (token tiles x vocabulary tiles), flattened and grouped GROUP_N token tiles at a time so
     programs running together share dhidden rows and dweight rows in L2. Program (i, j) adds its
     tile's contribution to dh[rows i], dW[cols j], db[cols j] (fp32 workspaces) with atomics."""

@@ -2,7 +2,7 @@
 
 Per token, rank r's shard pass gives the shard's lse_r, entropy H_r of the shard's softmax and, on the
 rank that owns the target, the target logit. One all_gather of those [3, N] rows lets every rank form
-the full-vocabulary values (GRO_SPEC.md §1 split over shards):
+the full-vocabulary values (docs/math.md §1 split over shards):
 
     lse = logsumexp_r lse_r,   w_r = exp(lse_r - lse)
     logprob = z_y / tau - lse,  entropy = sum_r w_r (H_r - log w_r)
@@ -17,7 +17,7 @@ rank's autograd graph carries the same upstream gradient, which is what makes th
 
 import torch
 
-from ... import _distributed as dist_utils
+from ..common import collectives
 from . import chunked
 
 # Local target ids handed to the shard kernels: the user's ignore_index may be any int, so ignored rows
@@ -79,7 +79,7 @@ class _ShardedLogprobs(torch.autograd.Function):
         logprob_r, entropy_r, lse_r = fwd(hidden, weight, bias, local, inv_temperature=inv_temperature,
                                           ignore_index=LOCAL_IGNORE, with_entropy=with_entropy, chunk_size=chunk_size)
         rows = [lse_r, torch.where(owned, logprob_r + lse_r, 0.0)] + ([entropy_r] if with_entropy else [])
-        gathered = dist_utils.all_gather_stack(torch.stack(rows), shard.group)
+        gathered = collectives.all_gather_stack(torch.stack(rows), shard.group)
         logprobs, entropy, lse = combine(gathered, valid, with_entropy)
         ctx.save_for_backward(hidden, weight, bias, local, lse, entropy)
         ctx.options = (shard, inv_temperature, with_entropy, chunk_size, backend)
@@ -102,14 +102,14 @@ class _ShardedLogprobs(torch.autograd.Function):
                          chunk_size=chunk_size, needs_hidden=needs_hidden, needs_weight=needs_weight,
                          needs_bias=needs_bias)
         if needs_hidden:
-            dist_utils.all_reduce_sum_(dh, shard.group)  # every rank's share of dhidden -> the full dhidden
+            collectives.all_reduce_sum_(dh, shard.group)  # every rank's share of dhidden -> the full dhidden
         return dh, dw, db, None, None, None, None, None, None, None, None
 
 
 def _naive(hidden, weight, bias, local, valid, owned, shard, temperature):
     """The spec on a shard: materializes the [N, V_r] logits and differentiates the combine with autograd
     (CopyToGroup sums dhidden over ranks; GatherFromGroup hands each rank its own rows' gradient)."""
-    h = dist_utils.CopyToGroup.apply(hidden, shard.group)
+    h = collectives.CopyToGroup.apply(hidden, shard.group)
     logits = h @ weight.t()
     if bias is not None:
         logits = logits + bias
@@ -120,15 +120,15 @@ def _naive(hidden, weight, bias, local, valid, owned, shard, temperature):
     entropy_r = -(log_p.exp() * log_p).sum(-1)
     target_logit = scaled.gather(-1, torch.where(owned, local, 0).unsqueeze(-1)).squeeze(-1)
     rows = torch.stack([lse_r, torch.where(owned, target_logit, 0.0), entropy_r])
-    logprobs, entropy, _ = combine(dist_utils.GatherFromGroup.apply(rows, shard.group), valid, True)
+    logprobs, entropy, _ = combine(collectives.GatherFromGroup.apply(rows, shard.group), valid, True)
     return logprobs.float(), entropy.float()
 
 
-def linear_logprobs(hidden, weight, bias, targets, shard, *, temperature, ignore_index, with_entropy, chunk_size,
-                    backend):
+def sharded_linear_logprobs(hidden, weight, bias, targets, shard, *, temperature, ignore_index, with_entropy,
+                            chunk_size, backend):
     """(logprobs [N] fp32, entropy [N] fp32 or empty) over the full vocabulary from this rank's shard.
 
-    Inputs are validated and flattened; `shard` is the checked dist_utils.VocabShard; backend resolved."""
+    Inputs are validated and flattened; `shard` is the checked collectives.VocabShard; backend resolved."""
     local, valid, owned = local_targets(targets, shard, ignore_index)
     if backend == "naive":
         logprobs, entropy = _naive(hidden, weight, bias, local, valid, owned, shard, temperature)

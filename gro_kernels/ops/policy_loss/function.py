@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from ... import _dispatch
+from ..common import dispatch
 from . import token_terms
 from .token_terms import EXTRAS, TokenLossConfig, TokenTerms
 
@@ -21,7 +21,7 @@ IS_LEVELS = ("token", "sequence", "sequence_token")
 
 def aggregation_scale(mask: torch.Tensor, aggregation: str, *, global_token_count=None, max_completion_length=None,
                       num_sequences=None) -> torch.Tensor:
-    """Per-token weights s [B, T] fp32 with loss = sum s * x (GRO_SPEC.md §3, aggregation).
+    """Per-token weights s [B, T] fp32 with loss = sum s * x (docs/math.md §3, aggregation).
 
     token_mean: m / sum m (or / global_token_count); seq_mean_token_mean: m / (B len_i);
     seq_mean_token_sum: m / B; seq_mean_token_sum_norm: m / (B L), L = max_completion_length or
@@ -51,16 +51,16 @@ def _at_least_one(count):
 
 @functools.cache
 def _triton_impl():
-    return _dispatch.optional_triton_impl(__package__)
+    return dispatch.optional_triton_impl(__package__)
 
 
 def select_token_impl(device: torch.device) -> str:
     """"triton" or "torch": which per-token function runs on `device`. CUDA: the Triton epilogue when
     Triton imports; CPU: torch. GRO_BACKEND=triton forces Triton (CPU tensors then need
-    TRITON_INTERPRET=1), "chunked" / "naive" force torch (see _dispatch)."""
-    backend = _dispatch.requested_backend()
+    TRITON_INTERPRET=1), "chunked" / "naive" force torch (see ops/common/dispatch.py)."""
+    backend = dispatch.requested_backend()
     if backend == "triton" and _triton_impl() is None:
-        raise RuntimeError(_dispatch.TRITON_MISSING)
+        raise RuntimeError(dispatch.TRITON_MISSING)
     if backend == "triton" or (backend == "auto" and device.type == "cuda" and _triton_impl() is not None):
         return "triton"
     return "torch"

@@ -1,4 +1,4 @@
-"""The per-token policy loss of GRO (GRO_SPEC.md §3, §5): value, metrics and analytic gradients.
+"""The per-token policy loss of GRO (docs/math.md §3, §5): value, metrics and analytic gradients.
 
 This is the one place where the token-level math lives. The plain path wraps it in an autograd
 Function (function.py); the grad-in-forward path calls it once per row chunk through the fused
@@ -41,7 +41,7 @@ class TokenTerms(NamedTuple):
 
 
 def kl_value_and_grad(d: torch.Tensor, estimator: str):
-    """Sampled KL estimate of d = l - l_ref and its derivative in d (GRO_SPEC.md §3)."""
+    """Sampled KL estimate of d = l - l_ref and its derivative in d (docs/math.md §3)."""
     if estimator == "k1":
         return d, torch.ones_like(d)
     if estimator == "k2":

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..._triton_common import offsets_i64, require_launchable
+from ..common.triton_helpers import offsets_i64, require_launchable
 from .token_terms import KL_ESTIMATORS, LOG_RATIO_CLAMP, SURROGATES, TokenLossConfig, TokenTerms
 
 BLOCK = 1024
@@ -155,7 +155,7 @@ def policy_token_terms(logprobs, advantages, scale, mask, *, old_logprobs=None, 
 
 def compile_specs(target: str):
     """Kernel variants for the AOT tests (one config on both targets: an elementwise, memory-bound pass)."""
-    from ...triton_aot import KernelSpec
+    from ..common.triton_aot import KernelSpec
 
     types = {name: "*fp32" for name in ("lp_ptr", "adv_ptr", "scale_ptr", "old_ptr", "ref_ptr", "rollout_ptr",
                                         "ratio_ptr", "ent_ptr", "loss_ptr", "grad_l_ptr", "grad_h_ptr",

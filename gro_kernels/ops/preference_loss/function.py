@@ -29,7 +29,7 @@ class PreferenceConfig:
 
 
 def sequence_scores(logprobs, mask, ref_logprobs, cfg: PreferenceConfig):
-    """Implicit reward of each row (GRO_SPEC.md §4), differentiable in logprobs:
+    """Implicit reward of each row (docs/math.md §4), differentiable in logprobs:
     dpo/ipo/kto g_i = sum_t m (l - l_ref) (times beta where it is the margin's scale, in the loss);
     simpo L_i / |y_i|; cpl S_i = beta * sum_t gamma^t m l_t, t counted over the valid tokens."""
     m = mask.to(torch.float32)

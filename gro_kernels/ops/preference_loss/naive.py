@@ -1,4 +1,4 @@
-"""RL-free losses on sequence-level scores (GRO_SPEC.md §4): the formulas, per pair or per row.
+"""RL-free losses on sequence-level scores (docs/math.md §4): the formulas, per pair or per row.
 
 Inputs are per-pair (or per-row for KTO) tensors of sequence scores; the pairing, the sequence
 sums and the reduction live in function.py. Plain autograd ops in the input dtype.

@@ -1,0 +1,288 @@
+"""gro_loss: hidden states -> scalar GRO loss (docs/math.md §5), on top of the LM-head primitive.
+
+Flow: validate -> config (preset + overrides) -> reference logprobs (given, or streamed from a
+reference head with no grad) -> advantages (given, or from rewards and groups) -> either
+  grad-in-forward: one fused chunk loop computing loss and dhidden/dW (token-separable presets), or
+  plain: linear_logprobs, then the policy loss (online rows) and the preference loss (offline rows).
+"""
+
+import math
+from typing import NamedTuple, Optional
+
+import torch
+
+from .. import _validate as v
+from .. import functional as F
+from . import checks as c
+from .config import check_batch_inputs, resolve_config
+from ..ops.group_advantages import function as _adv
+from ..ops.policy_loss import function as _pl
+from ..ops.policy_loss.token_terms import KL_ESTIMATORS, SURROGATES, TokenLossConfig
+from ..ops.preference_loss import function as _pref
+
+FUSED_TOKEN_FN = "gro.policy_token"
+
+
+class GROOutput(NamedTuple):
+    loss: torch.Tensor              # 0-d fp32, differentiable
+    metrics: dict                   # name -> 0-d fp32 tensor (detached)
+    logprobs: torch.Tensor          # [B, T] fp32, detached (reusable as old logprobs)
+    entropy: Optional[torch.Tensor]  # [B, T] fp32 detached, or None
+
+
+def _fused_module():
+    """The grad-in-forward op, with the policy token function registered on it; None if absent."""
+    try:
+        from ..ops.linear_logprobs import fused_token_loss as ftl
+    except ImportError:
+        return None
+    if FUSED_TOKEN_FN not in ftl._TOKEN_FNS:
+        ftl.register_token_fn(FUSED_TOKEN_FN, num_extras=4)(_policy_token_chunk)
+    return ftl
+
+
+def _encode(cfg: TokenLossConfig, has_old, has_ref, has_rollout):
+    nan = float("nan")
+    return [float(SURROGATES.index(cfg.surrogate)), cfg.epsilon_low, cfg.epsilon_high,
+            nan if cfg.dual_clip is None else cfg.dual_clip, cfg.kl_coef, float(KL_ESTIMATORS.index(cfg.kl_estimator)),
+            cfg.entropy_coef, nan if cfg.tis_cap is None else cfg.tis_cap,
+            float(has_old), float(has_ref), float(has_rollout)]
+
+
+def _decode(params):
+    opt = lambda x: None if math.isnan(x) else x  # noqa: E731
+    cfg = TokenLossConfig(surrogate=SURROGATES[int(params[0])], epsilon_low=params[1], epsilon_high=params[2],
+                          dual_clip=opt(params[3]), kl_coef=params[4], kl_estimator=KL_ESTIMATORS[int(params[5])],
+                          entropy_coef=params[6], tis_cap=opt(params[7]))
+    return cfg, bool(params[8]), bool(params[9]), bool(params[10])
+
+
+def _policy_token_chunk(logprobs, entropy, args, params):
+    """The fused op's per-chunk call into the one token function. args = [adv, scale, mask, old?, ref?, rollout?]."""
+    cfg, has_old, has_ref, has_rollout = _decode(params)
+    rest = iter(args[3:])
+    old = next(rest) if has_old else None
+    ref = next(rest) if has_ref else None
+    rollout = next(rest) if has_rollout else None
+    t = _pl.policy_token_terms(logprobs, args[0], args[1], args[2] > 0, old_logprobs=old, ref_logprobs=ref,
+                               entropy=entropy, rollout_logprobs=rollout, cfg=cfg)
+    return t.loss.sum(), t.grad_logprobs, t.grad_entropy, t.extras
+
+
+def _token_config(cfg) -> TokenLossConfig:
+    in_loss = not cfg.kl_in_reward and cfg.kl_estimator != "exact"
+    return TokenLossConfig(surrogate=cfg.surrogate, epsilon_low=cfg.epsilon_low, epsilon_high=cfg.epsilon_high,
+                           dual_clip=cfg.dual_clip, kl_coef=cfg.kl_coef if in_loss else 0.0,
+                           kl_estimator="k3" if cfg.kl_estimator == "exact" else cfg.kl_estimator,
+                           entropy_coef=cfg.entropy_coef, tis_cap=cfg.tis_cap)
+
+
+def _advantages(cfg, inputs, batch, shape, online, m_on, ref, current_lp):
+    """Per-row [B] or per-token [B, T] fp32 advantages of the online rows (0 on offline rows)."""
+    if inputs["advantages"] is not None:
+        adv = inputs["advantages"].to(torch.float32)
+        c.no_nan_rows("advantages", adv, online)
+        return torch.where(online if adv.dim() == 1 else m_on, adv, 0.0)
+    rewards = inputs["rewards"]
+    mode, scale_rewards = cfg.advantage_mode
+    if rewards is None:
+        raise ValueError(f"preset {cfg.name!r} needs advantages= or rewards= for its online rows")
+    c.no_nan_rows("rewards", rewards, online)
+    rewards = torch.where(online, rewards.to(torch.float32), 0.0)
+    index, groups = c.group_index(batch, inputs["group_ids"], inputs["group_size"], rewards.device)
+    if mode in ("grpo", "dr_grpo", "rloo") and index is None:
+        raise ValueError(f"preset {cfg.name!r} computes {mode} advantages from rewards and needs group_ids= or "
+                         "group_size= (or pass advantages=)")
+    if index is not None:  # offline rows of a mixed batch sit in groups of one: advantage 0
+        index = torch.where(online, index, groups + torch.arange(batch, device=index.device))
+        groups += batch
+    if mode == "remax":
+        if inputs["baseline"] is None:
+            raise ValueError(f"preset {cfg.name!r} (remax) needs baseline= (the greedy answer's reward per row)")
+        c.no_nan_rows("baseline", inputs["baseline"], online)
+    if mode == "reinforce_pp":
+        token_kl = None
+        if cfg.kl_in_reward and cfg.kl_coef != 0.0:
+            old = inputs["old_logprobs"] if inputs["old_logprobs"] is not None else current_lp
+            token_kl = old.float() - ref.float()
+        return _adv.reinforce_pp_advantages(rewards, m_on, index=index, groups=groups, token_kl=token_kl,
+                                            kl_coef=cfg.kl_coef, eps=inputs["eps"])
+    adv = _adv.group_advantages(rewards, index, groups, mode, eps=inputs["eps"], baseline=inputs["baseline"],
+                                scale_rewards=scale_rewards)
+    return torch.where(online, adv, 0.0)
+
+
+def _reference(cfg, inputs, hidden, weight, targets, opts):
+    """Reference logprobs [B, T]: given, or streamed from ref_hidden/ref_weight with no grad; None if unused."""
+    ref = inputs["ref_logprobs"]
+    online_needs = cfg.has_online and cfg.kl_coef != 0.0 and cfg.kl_estimator != "exact"
+    offline_needs = cfg.has_offline and cfg.offline_loss in _pref.NEEDS_REFERENCE
+    if ref is not None or not (online_needs or offline_needs):
+        return ref
+    if inputs["ref_hidden"] is None:
+        why = "its KL term (beta > 0)" if online_needs else f"the {cfg.offline_loss} implicit reward"
+        raise ValueError(f"preset {cfg.name!r} needs ref_logprobs= (or ref_hidden= with ref_weight=) for {why}")
+    ref_weight = weight if inputs["ref_weight"] is None else inputs["ref_weight"]
+    return F.linear_logprobs_no_grad(inputs["ref_hidden"], ref_weight, targets, inputs["ref_bias"], **opts)
+
+
+def _exact_kl_term(cfg, inputs, hidden, weight, bias, m_on, scale, opts):
+    """kl_coef * sum s_t KL_t with the exact streamed KL (differentiable), and the KL metric."""
+    if inputs["ref_hidden"] is None:
+        raise ValueError("kl_estimator='exact' needs ref_hidden= (and ref_weight=, else the policy head is used)")
+    ref_weight = weight if inputs["ref_weight"] is None else inputs["ref_weight"]
+    kl = F.exact_kl(hidden, weight, inputs["ref_hidden"], ref_weight, bias=bias, ref_bias=inputs["ref_bias"],
+                    mask=m_on, temperature=opts["temperature"], chunk_size=opts["chunk_size"],
+                    process_group=opts["process_group"], vocab_start=opts["vocab_start"])
+    count = m_on.sum().to(torch.float32).clamp(min=1.0)
+    return cfg.kl_coef * (kl * scale).sum(), kl.detach().sum() / count
+
+
+def _use_fused(cfg, grad_in_forward, inputs, opts, hidden_size):
+    """Grad-in-forward runs inside the chunked backend: only where linear_logprobs itself runs chunked
+    for this head (on CUDA, "auto" depends on the hidden size)."""
+    if opts["process_group"] is not None:
+        # A vocabulary-sharded head: the fused op has no cross-rank combine; the plain path is exact.
+        if grad_in_forward:
+            raise ValueError("grad_in_forward=True is not supported with process_group= (vocabulary-sharded "
+                             "head); leave it unset or pass grad_in_forward=False")
+        return False
+    if grad_in_forward is False or not cfg.token_separable or opts["backend"] not in ("auto", "chunked"):
+        return False
+    if F.selected_backend(inputs["device"], opts["backend"], hidden_size=hidden_size).split("/")[0] != "chunked":
+        return False
+    mode = cfg.advantage_mode[0] if inputs["advantages"] is None else "given"
+    # REINFORCE++ shapes its return with the current policy's k1 when old logprobs are absent.
+    if mode == "reinforce_pp" and cfg.kl_in_reward and cfg.kl_coef != 0.0 and inputs["old_logprobs"] is None:
+        return False
+    return _fused_module() is not None
+
+
+def _online_fused(hidden, weight, bias, targets, adv, scale, m_on, inputs, ref, tok_cfg, want_entropy, opts):
+    ftl = _fused_module()
+    shape = m_on.shape
+    adv_t = _pl.token_advantages(adv, shape)
+    present = [(inputs["old_logprobs"]), ref, inputs["rollout_logprobs"] if tok_cfg.tis_cap is not None else None]
+    args = [adv_t.reshape(-1), scale.reshape(-1), m_on.reshape(-1).float()]
+    args += [t.reshape(-1).float() for t in present if t is not None]
+    params = _encode(tok_cfg, *(t is not None for t in present))
+    h = hidden.reshape(-1, hidden.shape[-1])
+    loss, lp, ent, extras = ftl.fused_token_loss(h, weight, bias, targets.reshape(-1), FUSED_TOKEN_FN, args, params,
+                                                 temperature=opts["temperature"], ignore_index=opts["ignore_index"],
+                                                 with_entropy=want_entropy, chunk_size=opts["chunk_size"])
+    ent = ent.reshape(shape) if want_entropy else None
+    return loss, lp.reshape(shape), ent, _pl.token_stats(extras, m_on.reshape(-1), None if ent is None else
+                                                          ent.reshape(-1))
+
+
+def gro_loss(hidden, weight, targets, bias=None, *, preset="grpo", config=None, mask=None, online=None,
+             grad_in_forward=None, online_weight=1.0, offline_weight=1.0, return_entropy=False, temperature=1.0,
+             ignore_index=-100, backend="auto", chunk_size=None, process_group=None, vocab_start=None, **kwargs):
+    """Hidden states [B, T, H] -> scalar GRO loss, never materializing [B*T, V] logits.
+
+    preset: grpo, bnpo, dr_grpo, dapo, rloo, remax, reinforce_pp, ppo, gspo, cispo, dpo, ipo, simpo,
+    kto, cpl; or config=GROObjective(...) (score/anchor/magnitude, surrogate, KL, entropy, aggregation;
+    rows="mixed" for batches with online and offline rows, told apart by online= [B] bool).
+    Inputs (keyword): mask [B, T]; advantages [B] or [B, T], or rewards [B] with group_ids /
+    group_size (baseline [B] for remax); old_logprobs, ref_logprobs, rollout_logprobs [B, T]; or
+    ref_hidden (+ ref_weight, ref_bias) to stream the reference with no grad; pair_ids + chosen (dpo,
+    ipo, simpo, cpl); desirable (kto); global_token_count, max_completion_length, num_sequences.
+    Options: beta (KL coefficient for online presets, implicit-reward scale for offline ones),
+    epsilon, epsilon_low, epsilon_high, dual_clip, loss_type, importance_sampling_level,
+    scale_rewards, kl_estimator ("k1" | "k2" | "k3" | "k3_st" | "exact"), entropy_coef, tis_cap,
+    label_smoothing, simpo_gamma, cpl_lambda, desirable_weight, undesirable_weight, online_weight,
+    offline_weight, grad_in_forward (default on for token-separable presets; False for sharded heads),
+    return_entropy, temperature, ignore_index, backend, chunk_size.
+    Vocabulary-parallel head: process_group=pg, vocab_start=s with weight (and ref_weight) the rows
+    [s, s + V_r) of the head on this rank, everything else replicated (see linear_logprobs); the loss is
+    the full-vocabulary one on every rank, and grad_in_forward stays off.
+    Returns GROOutput(loss 0-d fp32, metrics dict of 0-d fp32 tensors, logprobs [B, T] fp32 detached,
+    entropy [B, T] or None).
+    """
+    inputs, overrides = _split_kwargs(kwargs)
+    cfg = resolve_config(preset, config, overrides)
+    v.check_linear_inputs(hidden, weight, targets, bias)
+    if targets.dim() != 2:
+        raise ValueError(f"gro_loss needs a [B, T] batch: hidden [B, T, H] and targets [B, T], got targets "
+                         f"shape {tuple(targets.shape)}")
+    batch, shape, device = targets.shape[0], tuple(targets.shape), hidden.device
+    inputs["device"] = device
+    check_batch_inputs(cfg, inputs, batch, shape, device)
+    opts = dict(temperature=temperature, ignore_index=ignore_index, backend=backend, chunk_size=chunk_size,
+                process_group=process_group, vocab_start=vocab_start)
+    m = (targets != ignore_index)
+    if mask is not None:
+        m = m & c.bool_tensor("mask", mask, shape).to(device)
+    online = _row_kinds(cfg, online, batch, device)
+    m_on = m & online.unsqueeze(1)
+    want_entropy = bool(return_entropy) or cfg.entropy_coef != 0.0
+    ref = _reference(cfg, inputs, hidden, weight, targets, opts)
+    tok_cfg = _token_config(cfg)
+    metrics, loss = {}, torch.zeros((), dtype=torch.float32, device=device)
+    scale = None
+    if cfg.has_online:
+        # seq_mean denominators count the online rows (or a given global number of sequences).
+        rows_on = (inputs["num_sequences"] or batch) if cfg.rows == "online" else online.sum()
+        scale = _pl.aggregation_scale(m_on, cfg.aggregation, global_token_count=inputs["global_token_count"],
+                                      max_completion_length=inputs["max_completion_length"], num_sequences=rows_on)
+    if cfg.has_online and _use_fused(cfg, grad_in_forward, inputs, opts, weight.shape[-1]):
+        adv = _advantages(cfg, inputs, batch, shape, online, m_on, ref, None)
+        loss, lp, ent, stats = _online_fused(hidden, weight, bias, targets, adv, scale, m_on, inputs, ref, tok_cfg,
+                                             want_entropy, opts)
+        metrics.update(_pl.metrics(stats, want_entropy, ref is not None))
+        return GROOutput(online_weight * loss, metrics, lp, ent)
+    lp, ent = F.linear_logprobs(hidden, weight, targets, bias, return_entropy=True, **opts) if want_entropy else \
+        (F.linear_logprobs(hidden, weight, targets, bias, **opts), None)
+    if cfg.has_online:
+        adv = _advantages(cfg, inputs, batch, shape, online, m_on, ref, lp.detach())
+        on_loss, stats = _pl.policy_loss(lp, adv, m_on, old_logprobs=inputs["old_logprobs"], ref_logprobs=ref,
+                                         rollout_logprobs=inputs["rollout_logprobs"] if cfg.tis_cap else None,
+                                         entropy=ent, cfg=tok_cfg, scale=scale,
+                                         importance_sampling_level=cfg.importance_sampling_level)
+        metrics.update(_pl.metrics(stats, want_entropy, ref is not None))
+        if cfg.kl_estimator == "exact" and cfg.kl_coef != 0.0:
+            kl_loss, metrics["kl"] = _exact_kl_term(cfg, inputs, hidden, weight, bias, m_on, scale, opts)
+            on_loss = on_loss + kl_loss
+        loss = loss + online_weight * on_loss
+        if cfg.has_offline:
+            metrics["loss_online"] = on_loss.detach()
+    if cfg.has_offline:
+        if cfg.offline_loss != "kto":
+            c.check_pairs(inputs["pair_ids"].to(device), inputs["chosen"].to(device), ~online)
+        off_loss, pref_metrics = _pref.preference_loss(
+            lp, m, ref, ~online, _preference_config(cfg), pair_ids=inputs["pair_ids"], chosen=inputs["chosen"],
+            desirable=inputs["desirable"], kto_z0=inputs["kto_z0"])
+        metrics.update(pref_metrics)
+        loss = loss + offline_weight * off_loss
+        if cfg.has_online:
+            metrics["loss_offline"] = off_loss.detach()
+    return GROOutput(loss, metrics, lp.detach(), None if ent is None else ent.detach())
+
+
+def _preference_config(cfg):
+    return _pref.PreferenceConfig(loss=cfg.offline_loss, beta=cfg.preference_beta, label_smoothing=cfg.label_smoothing,
+                                  simpo_gamma=cfg.simpo_gamma, cpl_lambda=cfg.cpl_lambda, cpl_discount=cfg.cpl_discount,
+                                  desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight)
+
+
+def _row_kinds(cfg, online, batch, device):
+    if cfg.rows != "mixed":
+        if online is not None:
+            c.bool_tensor("online", online, (batch,))
+        return torch.full((batch,), cfg.rows == "online", dtype=torch.bool, device=device)
+    if online is None:
+        raise ValueError(f"config {cfg.name!r} mixes online and offline rows and needs online= (bool per row: True "
+                         "for rows with rewards/advantages, False for preference rows)")
+    return c.bool_tensor("online", online, (batch,)).to(device)
+
+
+INPUT_NAMES = ("advantages", "rewards", "group_ids", "group_size", "baseline", "eps", "old_logprobs",
+               "ref_logprobs", "rollout_logprobs", "ref_hidden", "ref_weight", "ref_bias", "pair_ids", "chosen",
+               "desirable", "kto_z0", "global_token_count", "max_completion_length", "num_sequences")
+
+
+def _split_kwargs(kwargs):
+    inputs = {name: kwargs.pop(name, None) for name in INPUT_NAMES}
+    if inputs["eps"] is None:
+        inputs["eps"] = 1e-6
+    return inputs, kwargs
