@@ -213,6 +213,8 @@ def gro_loss(hidden, weight, targets, bias=None, *, preset="grpo", config=None, 
     m = (targets != ignore_index)
     if mask is not None:
         m = m & c.bool_tensor("mask", mask, shape).to(device)
+        # Masked tokens are not scored at all: the primitive and the reference stream skip their rows.
+        targets = torch.where(m, targets, ignore_index)
     online = _row_kinds(cfg, online, batch, device)
     m_on = m & online.unsqueeze(1)
     want_entropy = bool(return_entropy) or cfg.entropy_coef != 0.0

@@ -9,6 +9,7 @@ from typing import Optional
 
 import torch
 
+from ..common import compaction
 from . import chunked
 
 
@@ -71,10 +72,13 @@ exact_kl_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def exact_kl_op(hidden, weight, bias, ref_hidden, ref_weight, ref_bias, mask, *, temperature, chunk_size):
-    """Per-token KL [N] fp32; inputs are already validated and flattened to [N, H] / [N, H']."""
+    """Per-token KL [N] fp32; inputs are already validated and flattened to [N, H] / [N, H'].
+    Only rows inside `mask` go through the GEMMs (ops/common/compaction.py)."""
+    n = hidden.shape[0]
+    live, (hidden, ref_hidden), mask = compaction.take_masked(mask, hidden, ref_hidden)
     if chunk_size is None:
         chunk_size = chunked.default_chunk_size(hidden.shape[0], weight.shape[0])
     # The reference side is a constant: detaching it keeps autograd from expecting its gradient.
     kl, _, _ = exact_kl_fwd(hidden, weight, bias, ref_hidden.detach(), ref_weight.detach(),
                             None if ref_bias is None else ref_bias.detach(), mask, float(temperature), int(chunk_size))
-    return kl
+    return compaction.put(live, n, kl)[0]

@@ -14,7 +14,7 @@ mask and the upstream gradient must be the same on every rank.
 
 import torch
 
-from ..common import collectives
+from ..common import collectives, compaction
 from . import chunked
 
 
@@ -57,11 +57,15 @@ class _ShardedExactKL(torch.autograd.Function):
 
 
 def sharded_exact_kl(hidden, weight, bias, ref_hidden, ref_weight, ref_bias, mask, shard, *, temperature, chunk_size):
-    """Per-token KL [N] fp32 over the full vocabulary; inputs validated and flattened, `shard` checked."""
+    """Per-token KL [N] fp32 over the full vocabulary; inputs validated and flattened, `shard` checked.
+    Only rows inside `mask` run (ops/common/compaction.py); the mask is replicated, so ranks stay matched."""
+    n = hidden.shape[0]
+    live, (hidden, ref_hidden), mask = compaction.take_masked(mask, hidden, ref_hidden)
     if chunk_size is None:
         # Rows per chunk as for the whole vocabulary, so the two [C, V_r] tiles shrink with the shard.
         chunk_size = chunked.default_chunk_size(hidden.shape[0], shard.total)
     # The reference side is a constant: detaching it keeps autograd from expecting its gradient.
-    return _ShardedExactKL.apply(hidden, weight, bias, ref_hidden.detach(), ref_weight.detach(),
-                                 None if ref_bias is None else ref_bias.detach(), mask, shard,
-                                 1.0 / float(temperature), int(chunk_size))
+    kl = _ShardedExactKL.apply(hidden, weight, bias, ref_hidden.detach(), ref_weight.detach(),
+                               None if ref_bias is None else ref_bias.detach(), mask, shard,
+                               1.0 / float(temperature), int(chunk_size))
+    return compaction.put(live, n, kl)[0]

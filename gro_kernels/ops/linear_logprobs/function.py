@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 
 from ... import _ext
-from ..common import dispatch
+from ..common import compaction, dispatch
 from . import chunked, naive
 
 BACKENDS = dispatch.BACKENDS
@@ -146,12 +146,26 @@ def _backward(ctx, grad_logprobs, grad_entropy, _grad_lse):
 linear_logprobs_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def linear_logprobs_op(hidden, weight, bias, targets, *, temperature, ignore_index, with_entropy, chunk_size, backend):
-    """Dispatch on a resolved backend; inputs are already validated and flattened to [N, H]."""
+def linear_logprobs_op(hidden, weight, bias, targets, *, temperature, ignore_index, with_entropy, chunk_size,
+                       backend):
+    """Dispatch on a resolved backend; inputs are already validated and flattened to [N, H].
+
+    Only rows whose target is not ignore_index go through the GEMMs (ops/common/compaction.py)."""
+    n = hidden.shape[0]
+    valid = targets != ignore_index
+    live = compaction.live_rows(valid)
+    hidden, targets = compaction.take(live, hidden, targets)
+    hidden = compaction.zero_dead_rows(hidden, targets != ignore_index)
+    logprobs, entropy = _dispatch(hidden, weight, bias, targets, temperature=temperature, ignore_index=ignore_index,
+                                  with_entropy=with_entropy, chunk_size=chunk_size, backend=backend)
+    return compaction.put(live, n, logprobs, entropy)
+
+
+def _dispatch(hidden, weight, bias, targets, *, temperature, ignore_index, with_entropy, chunk_size, backend):
     if backend == "naive":
         logprobs, entropy = naive.linear_logprobs_naive(hidden, weight, targets, bias, temperature=temperature,
                                                         ignore_index=ignore_index)
-        return logprobs.float(), entropy.float()
+        return logprobs.float(), entropy.float() if with_entropy else entropy.new_empty(0, dtype=torch.float32)
     if chunk_size is None:
         chunk_size = chunked.default_chunk_size(hidden.shape[0], weight.shape[0])
     fwd_op = _triton_ops()[0] if backend == "triton" else linear_logprobs_fwd

@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..common import compaction
 from . import chunked, epilogues
 
 _TOKEN_FNS: dict = {}
@@ -177,11 +178,17 @@ def fused_token_loss(hidden, weight, bias, targets, token_fn: str, token_args: S
                      with_entropy: bool = False, chunk_size: Optional[int] = None):
     """(loss 0-d fp32, logprobs [N], entropy [N] or [0], extras [N, k]) with dLoss/d(hidden, weight, bias)
     computed in the forward. Inputs are validated and flattened by the caller (hidden [N, H] contiguous,
-    targets [N] int64). Only `loss` is differentiable; the rest is detached, for logging."""
+    targets [N] int64). Only `loss` is differentiable; the rest is detached, for logging.
+    Only rows whose target is not ignore_index run (ops/common/compaction.py), token_args sliced alike."""
+    n = hidden.shape[0]
+    needs = (_needs_grad(hidden), _needs_grad(weight), _needs_grad(bias))
+    live = compaction.live_rows(targets != ignore_index)
+    hidden, targets = compaction.take(live, hidden, targets)
+    token_args = compaction.take(live, *token_args)
+    hidden = compaction.zero_dead_rows(hidden, targets != ignore_index)
     if chunk_size is None:
         chunk_size = chunked.default_chunk_size(hidden.shape[0], weight.shape[0])
-    needs = (_needs_grad(hidden), _needs_grad(weight), _needs_grad(bias))
-    out = fused_token_loss_fwd(hidden, weight, bias, targets, list(token_args), [float(p) for p in token_params],
-                               token_fn, float(temperature), int(ignore_index), bool(with_entropy), int(chunk_size),
-                               *needs)
-    return out[:4]
+    loss, logprobs, entropy, extras = fused_token_loss_fwd(
+        hidden, weight, bias, targets, list(token_args), [float(p) for p in token_params], token_fn,
+        float(temperature), int(ignore_index), bool(with_entropy), int(chunk_size), *needs)[:4]
+    return (loss,) + compaction.put(live, n, logprobs, entropy, extras)

@@ -17,7 +17,7 @@ rank's autograd graph carries the same upstream gradient, which is what makes th
 
 import torch
 
-from ..common import collectives
+from ..common import collectives, compaction
 from . import chunked
 
 # Local target ids handed to the shard kernels: the user's ignore_index may be any int, so ignored rows
@@ -128,7 +128,19 @@ def sharded_linear_logprobs(hidden, weight, bias, targets, shard, *, temperature
                             chunk_size, backend):
     """(logprobs [N] fp32, entropy [N] fp32 or empty) over the full vocabulary from this rank's shard.
 
-    Inputs are validated and flattened; `shard` is the checked collectives.VocabShard; backend resolved."""
+    Inputs are validated and flattened; `shard` is the checked collectives.VocabShard; backend resolved.
+    Only rows whose target is not ignore_index run (ops/common/compaction.py); targets are replicated, so every
+    rank keeps the same rows and the collectives stay matched."""
+    n = hidden.shape[0]
+    live = compaction.live_rows(targets != ignore_index)
+    hidden, targets = compaction.take(live, hidden, targets)
+    hidden = compaction.zero_dead_rows(hidden, targets != ignore_index)
+    return compaction.put(live, n, *_sharded(hidden, weight, bias, targets, shard, temperature=temperature,
+                                       ignore_index=ignore_index, with_entropy=with_entropy, chunk_size=chunk_size,
+                                       backend=backend))
+
+
+def _sharded(hidden, weight, bias, targets, shard, *, temperature, ignore_index, with_entropy, chunk_size, backend):
     local, valid, owned = local_targets(targets, shard, ignore_index)
     if backend == "naive":
         logprobs, entropy = _naive(hidden, weight, bias, local, valid, owned, shard, temperature)

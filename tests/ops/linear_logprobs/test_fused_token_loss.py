@@ -99,7 +99,8 @@ def test_matches_plain_path(case, temperature, with_entropy, grad_output):
 
 def test_ignored_rows_zero_gradient_and_extras():
     hidden, weight, bias, targets, args = make_case(n=30, hidden_size=16, vocab=97, bias=True, n_ignored=10)
-    # Ignored rows with a nonzero weight: the loss may count them, but their gradient must be zero.
+    # Ignored rows with a nonzero weight: they are not computed at all (compacted away), so they add
+    # nothing to the loss, get zero gradient and zero logprob, entropy and extras.
     # The entropy bonus gives every valid row a gradient, clipped or not.
     args[2] = torch.ones(30)
     h = hidden.clone().requires_grad_()
@@ -112,7 +113,8 @@ def test_ignored_rows_zero_gradient_and_extras():
     assert torch.all(logprobs[ignored] == 0) and torch.all(entropy[ignored] == 0)
     assert extras.shape == (30, 2) and not extras.requires_grad and not logprobs.requires_grad
     ratio = torch.exp(torch.clamp(logprobs - args[1], -20, 20))
-    torch.testing.assert_close(extras[:, 1], ratio)
+    torch.testing.assert_close(extras[~ignored, 1], ratio[~ignored])
+    assert torch.all(extras[ignored] == 0)
 
 
 def test_ignored_rows_get_exactly_zero_gradient_without_entropy():
