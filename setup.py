@@ -42,7 +42,7 @@ def _extensions():
     march = os.environ.get("GRO_CPU_ARCH", "native")
     # 512-bit vectors pay off for the exp-heavy epilogue loops; ignored where AVX-512 is absent.
     cxx = ["-O3", "-fopenmp", f"-march={march}", "-mprefer-vector-width=512", "-fno-math-errno", "-std=c++20"]
-    sources = _rel("python_api/schemas.cpp") + _rel("python_api/cpu_ops.cpp") + _rel("csrc/cpu/*.cpp")
+    sources = _rel("python_api/schemas.cpp") + _rel("python_api/cpu_*.cpp") + _rel("csrc/cpu/*.cpp")
     if _cuda_wanted():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         sources += _rel("python_api/cuda_*.cpp") + _rel("csrc/cuda/*.cu")

@@ -85,7 +85,7 @@ ALLOWED = {
     "gro_kernels.presets": (),
     "gro_kernels._validate": (),
     "gro_kernels._ext": (),
-    "gro_kernels.ops.common": ("gro_kernels.ops.common",),
+    "gro_kernels.ops.common": ("gro_kernels.ops.common", "gro_kernels._ext"),
 }
 
 

@@ -26,18 +26,28 @@ GRO_HD float bits_to_float(int32_t i) {
 #endif
 }
 
+// x clamped to [-88, 0], NaN kept (both compares are false for NaN). Every exponent below is a logit
+// minus a running max or an lse, so it is <= 0 in exact arithmetic; in fp32 it can come out slightly
+// positive (FMA contraction of z * inv_tau - max keeps the unrounded product: +64 at tau = 1e-9),
+// and -inf (a banned token, e.g. a -inf bias) must give probability 0 and a product e * x of 0, not
+// 0 * -inf = NaN. Below -88, exp(x) is 0 in fp32 anyway.
+GRO_HD float clamp_shift(float x) {
+  const float lo = x < -88.0f ? -88.0f : x;
+  return lo > 0.0f ? 0.0f : lo;
+}
+
 // exp(x) for x <= 0 (every call site passes a value minus a running max), written without calls,
 // tables or data-dependent selects so that GCC vectorizes it into straight-line code (selects on x
 // made it compute under masks, at half the speed): Cody-Waite reduction x = n*ln2 + r,
 // |r| <= ln2/2 (n rounded to nearest), then a degree-7 polynomial for exp(r) (relative error
 // ~1e-7, about 1 ulp), then a 2^n scale built from the exponent bits. x is clamped at -88, where
 // n = -127, whose biased exponent bits are those of +0.0: inputs below about -87.3 (where exp(x)
-// is subnormal or 0) give exactly 0, -inf included. NaN gives NaN.
+// is subnormal or 0) give exactly 0, -inf included; x > 0 gives 1. NaN gives NaN.
 GRO_HD float exp_nonpositive(float x) {
   const float kLog2e = 1.44269504088896341f;
   const float kLn2Hi = 0.693359375f;
   const float kLn2Lo = -2.12194440e-4f;
-  const float xc = x < -88.0f ? -88.0f : x;  // NaN compares false and stays NaN
+  const float xc = clamp_shift(x);  // NaN compares false and stays NaN
   // Round to nearest by adding and subtracting 1.5 * 2^23 (floorf would block vectorization).
   const float kRoundMagic = 12582912.0f;
   // xc >= -88 puts n >= round(-126.96) = -127.
@@ -98,7 +108,7 @@ GRO_HD float row_entropy(RowStats s) { return logf(s.sum_exp) - s.sum_exp_shift 
 //   (1/tau) * [ -g_l * p  -  g_H * p * (log p + H) ],  log p = z_v/tau - lse.
 // The target entry adds g_l / tau on top (see logit_grad_target_extra).
 GRO_HD float logit_grad(float z, float inv_tau, float lse, float g_logprob, float g_entropy, float entropy) {
-  const float log_p = z * inv_tau - lse;
+  const float log_p = clamp_shift(z * inv_tau - lse);  // a -inf logit: p = 0 and p * log_p = 0
   const float p = exp_nonpositive(log_p);
   return inv_tau * p * (-g_logprob - g_entropy * (log_p + entropy));
 }

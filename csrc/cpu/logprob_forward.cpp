@@ -1,8 +1,10 @@
 // Forward chunk epilogues (lse, target logprob, entropy), in both layouts, with or without leaving
 // E = exp(z/tau - max) in the chunk for grad-in-forward.
 //
-// Two passes over each token's logits: the max of z/tau (read only), then the exp pass taking
-// sum E and sum E (s - max) in blocks of kSumBlock entries (a sequential fp32 sum over a whole
+// Two passes over each token's logits: the max of z (read only), then the exp pass taking
+// sum E and sum E (s - max) in blocks of kSumBlock entries, with s - max formed as (z - max z) / tau:
+// exactly 0 at the max and never positive (z / tau - max / tau, contracted into an FMA, keeps the
+// product's rounding error: hundreds at tau = 1e-9, which would zero or overflow every exponential) (a sequential fp32 sum over a whole
 // vocabulary range would lose ~4 digits); the target logit is read between the passes. The
 // variant that writes E (logprob_forward_exp) runs the very same arithmetic, so its logprobs are
 // bit-identical to logprob_forward's: old and reference logprobs computed without grad then give
@@ -22,8 +24,9 @@ namespace {
 constexpr int64_t kSumBlock = 128;
 
 // Per token: sum E, sum E * (s - max), and the poison of non-finite logits: shifted * 0 is NaN for
-// a NaN logit (also skipped by the max), +inf (max +inf, shifted NaN) and -inf, so any non-finite
-// logit makes that token's outputs NaN.
+// a NaN logit (also skipped by the max) and for +inf (max +inf, shifted NaN), so either makes that
+// token's outputs NaN. A -inf logit is a token of probability 0 (a banned token): its shift is
+// clamped (clamp_shift), so it adds exactly 0 to every sum. A row of -inf only has no distribution: NaN.
 struct ExpSums {
   float sum_exp = 0.0f;
   float sum_exp_shift = 0.0f;
@@ -31,8 +34,10 @@ struct ExpSums {
 };
 
 // The outputs of one token from its max of z/tau, its sums and its target logit (null: the target
-// is ignored, or another vocabulary shard's token; logprob 0).
-void finish_token(float max, ExpSums sums, const float* target_logit, int64_t target, int64_t ignore_index,
+// is ignored, or another vocabulary shard's token; logprob 0). Not inlined: one copy of this
+// arithmetic for every variant, so FMA contraction cannot differ between the E-writing and the
+// plain forward (their logprobs must be bit-identical).
+__attribute__((noinline)) void finish_token(float max, ExpSums sums, const float* target_logit, int64_t target, int64_t ignore_index,
                   float inv_tau, float* logprob, float* entropy, float* lse, float* exp_scale) {
   RowStats s;
   s.max = max + sums.poison;
@@ -60,28 +65,37 @@ void token_major(float* logits, int64_t rows, int64_t vocab, int64_t ld, const i
     float max = -INFINITY;
 #pragma omp simd reduction(max : max)
     for (int64_t v = 0; v < vocab; ++v) max = z[v] > max ? z[v] : max;
-    max *= inv_tau;  // inv_tau > 0: the max of z/tau
     const bool here = owns_target(targets[r], ignore_index, vocab);
     const float target_logit = here ? z[targets[r]] : 0.0f;
     ExpSums sums;
     float poison = 0.0f;
+    // The exponentials of a block go to a small scratch first and are summed by a loop of their own:
+    // the summation (whose order a vectorizer may pick differently for a loop that also stores to z)
+    // is then the same code in both variants, so their logprobs are bit-identical.
+    float shifted[kSumBlock], e[kSumBlock];
     for (int64_t v0 = 0; v0 < vocab; v0 += kSumBlock) {
-      const int64_t v1 = v0 + kSumBlock < vocab ? v0 + kSumBlock : vocab;
+      const int64_t width = v0 + kSumBlock < vocab ? kSumBlock : vocab - v0;
+#pragma omp simd
+      for (int64_t j = 0; j < width; ++j) {
+        shifted[j] = clamp_shift((z[v0 + j] - max) * inv_tau);
+        e[j] = exp_nonpositive(shifted[j]);
+      }
       float block_exp = 0.0f, block_shift = 0.0f;
 #pragma omp simd reduction(+ : block_exp, block_shift, poison)
-      for (int64_t v = v0; v < v1; ++v) {
-        const float shifted = z[v] * inv_tau - max;
-        const float e = exp_nonpositive(shifted);
-        block_exp += e;
-        block_shift += e * shifted;
-        poison += shifted * 0.0f;
-        if (kWriteExp) z[v] = keep ? e : 0.0f;
+      for (int64_t j = 0; j < width; ++j) {
+        block_exp += e[j];
+        block_shift += e[j] * shifted[j];
+        poison += shifted[j] * 0.0f;
+      }
+      if (kWriteExp) {
+#pragma omp simd
+        for (int64_t j = 0; j < width; ++j) z[v0 + j] = keep ? e[j] : 0.0f;
       }
       sums.sum_exp += block_exp;
       sums.sum_exp_shift += block_shift;
     }
     sums.poison = poison;
-    finish_token(max, sums, here ? &target_logit : nullptr, targets[r], ignore_index, inv_tau, logprob + r,
+    finish_token(max * inv_tau, sums, here ? &target_logit : nullptr, targets[r], ignore_index, inv_tau, logprob + r,
                  entropy != nullptr ? entropy + r : nullptr, lse + r, kWriteExp ? exp_scale + r : nullptr);
   }
 }
@@ -113,7 +127,6 @@ void vocab_major(float* logits, int64_t rows, int64_t vocab, int64_t ld, const i
       const float m = part[t * 4 * rows + r];
       max[r] = m > max[r] ? m : max[r];
     }
-    max[r] *= inv_tau;  // inv_tau > 0: the max of z/tau
     keep[r] = targets[r] != ignore_index ? 1.0f : 0.0f;
     if (owns_target(targets[r], ignore_index, vocab)) target_logit[r] = logits[targets[r] * ld + r];
   }
@@ -136,7 +149,7 @@ void vocab_major(float* logits, int64_t rows, int64_t vocab, int64_t ld, const i
         float* z = logits + v * ld;
 #pragma omp simd
         for (int64_t r = 0; r < rows; ++r) {
-          const float shifted = z[r] * inv_tau - m[r];
+          const float shifted = clamp_shift((z[r] - m[r]) * inv_tau);
           const float e = exp_nonpositive(shifted);
           block_exp[r] += e;
           block_shift[r] += e * shifted;
@@ -160,7 +173,8 @@ void vocab_major(float* logits, int64_t rows, int64_t vocab, int64_t ld, const i
       sums.poison += base[3 * rows + r];
     }
     const bool here = owns_target(targets[r], ignore_index, vocab);
-    finish_token(max[r], sums, here ? &target_logit[r] : nullptr, targets[r], ignore_index, inv_tau, logprob + r,
+    finish_token(max[r] * inv_tau, sums, here ? &target_logit[r] : nullptr, targets[r], ignore_index, inv_tau,
+                 logprob + r,
                  entropy != nullptr ? entropy + r : nullptr, lse + r, kWriteExp ? exp_scale + r : nullptr);
   }
 }

@@ -35,31 +35,36 @@ __device__ __forceinline__ RowLayout row_layout(const float* row, int64_t vocab)
   return layout;
 }
 
-// Statistics of a few logits, built like the CPU block_stats: max, then sums relative to it. Any
-// non-finite logit makes `poison` NaN, so the whole row reports NaN as on the CPU.
+// Statistics of a few logits, built like the CPU forward: max, then sums relative to it. A NaN or
+// +inf logit makes `poison` NaN, so the whole row reports NaN as on the CPU; -inf logits (banned
+// tokens) add nothing, and a quad of only -inf is an empty partial state.
+// Shifts are (z - max z) / tau: exactly 0 at the max, never positive (see csrc/cpu/logprob_forward.cpp).
 __device__ __forceinline__ RowStats quad_stats(float4 z, float inv_tau) {
-  const float s[4] = {z.x * inv_tau, z.y * inv_tau, z.z * inv_tau, z.w * inv_tau};
-  const float poison = z.x * 0.0f + z.y * 0.0f + z.z * 0.0f + z.w * 0.0f;
+  const float s[4] = {z.x, z.y, z.z, z.w};
   float m = s[0];
 #pragma unroll
   for (int k = 1; k < 4; ++k) m = s[k] > m ? s[k] : m;
+  if (m == -INFINITY) return row_stats_empty();
   float sum_exp = 0.0f;
   float sum_exp_shift = 0.0f;
+  float poison = 0.0f;
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
-    const float shifted = s[k] - m;
+    const float shifted = clamp_shift((s[k] - m) * inv_tau);
     const float e = exp_nonpositive(shifted);
     sum_exp += e;
     sum_exp_shift += e * shifted;
+    poison += shifted * 0.0f;
   }
   RowStats out;
-  out.max = m + poison;
+  out.max = m * inv_tau + poison;
   out.sum_exp = sum_exp + poison;
   out.sum_exp_shift = sum_exp_shift;
   return out;
 }
 
 __device__ __forceinline__ RowStats scalar_stats(float z, float inv_tau) {
+  if (z == -INFINITY) return row_stats_empty();  // a banned token adds nothing; NaN / +inf poison below
   RowStats out;
   out.max = z * inv_tau + z * 0.0f;
   out.sum_exp = 1.0f + z * 0.0f;

@@ -11,6 +11,7 @@ import os
 
 import torch
 
+from ..common.gemm import lowp_gemm_available, mm_f32
 from . import epilogues
 
 # Target logits per chunk buffer: 2^24 fp32 values = 64 MiB. Large enough that the GEMMs of a
@@ -34,15 +35,24 @@ class ChunkBuffer:
     unchunked GEMM, the token-major [rows, V] one ~10% slower (N 4096, H 1024, V 32000, rows 512:
     0.94 s vs 0.83 s for the logits of all chunks), and the dhidden/dW GEMMs read either layout at
     full speed. The native CPU epilogues take both layouts. Elsewhere (cuBLAS) it is token-major.
-    Low-precision chunks get an fp32 scratch of the same layout for the epilogue.
+
+    Precision: the logits are fp32 whatever the input dtype (docs/math.md §6). bf16/fp16 inputs go
+    through a 16-bit GEMM with an fp32 result (mm_f32) where one exists; otherwise the GEMM rounds to
+    the input dtype and the chunk is copied into an fp32 scratch (the only path that rounds logits).
+    The gradient GEMMs read a 16-bit copy of dLoss/dlogits (`operand`), as cuBLAS/oneDNN want.
     """
 
     def __init__(self, rows, vocab, dtype, device):
-        self.vocab = vocab
-        self.vocab_major = torch.device(device).type == "cpu"
-        self.storage = torch.empty(rows * vocab, dtype=dtype, device=device)
-        needs_scratch = dtype != torch.float32
-        self.scratch = torch.empty(rows * vocab, dtype=torch.float32, device=device) if needs_scratch else None
+        self.vocab, self.rows, self.dtype = vocab, rows, dtype
+        device = torch.device(device)
+        self.vocab_major = device.type == "cpu"
+        self.fp32_logits = dtype == torch.float32 or lowp_gemm_available(dtype, device)
+        self.storage = torch.empty(rows * vocab, dtype=torch.float32 if self.fp32_logits else dtype, device=device)
+        # fp32 logits: a 16-bit copy of the gradient for the dhidden/dW GEMMs, made on first use (backward only).
+        # Rounded logits: an fp32 scratch for the epilogue.
+        self.other = None
+        if not self.fp32_logits:
+            self.other = torch.empty(rows * vocab, dtype=torch.float32, device=device)
 
     def _view(self, storage, rows):
         if self.vocab_major:
@@ -50,8 +60,14 @@ class ChunkBuffer:
         return storage[: rows * self.vocab].view(rows, self.vocab)
 
     def logits(self, hidden_rows, weight, bias):
-        """z [rows, V] = hidden_rows @ weight^T (+ bias) in the input dtype, a view of the buffer."""
+        """z [rows, V] = hidden_rows @ weight^T (+ bias), a view of the buffer (fp32 unless it must round)."""
         out = self._view(self.storage, hidden_rows.shape[0])
+        if self.fp32_logits and self.dtype != torch.float32:
+            if self.vocab_major:
+                mm_f32(out.t(), weight, hidden_rows.t())
+            else:
+                mm_f32(out, hidden_rows, weight.t())
+            return out if bias is None else out.add_(bias)
         if self.vocab_major:
             zt = out.t()  # [V, rows], contiguous
             if bias is None:
@@ -64,10 +80,21 @@ class ChunkBuffer:
         return torch.addmm(bias, hidden_rows, weight.t(), out=out)
 
     def as_fp32(self, z):
-        """The chunk as fp32 for the epilogue (a copy into the scratch only for low-precision inputs)."""
+        """The chunk as fp32 for the epilogue (a copy into the scratch only where the GEMM rounded)."""
         if z.dtype == torch.float32:
             return z
-        return self._view(self.scratch, z.shape[0]).copy_(z)
+        return self._view(self.other, z.shape[0]).copy_(z)
+
+    def operand(self, z, z32):
+        """The fp32 chunk z32 (epilogue output) as the gradient GEMMs' operand in the input dtype, written
+        into the buffer's 16-bit storage (z itself when the logits were rounded)."""
+        if self.dtype == torch.float32:
+            return z32
+        if not self.fp32_logits:
+            return z.copy_(z32)
+        if self.other is None:
+            self.other = torch.empty(self.rows * self.vocab, dtype=self.dtype, device=self.storage.device)
+        return self._view(self.other, z32.shape[0]).copy_(z32)
 
 
 def forward(hidden, weight, bias, targets, *, inv_temperature, ignore_index, with_entropy, chunk_size,
@@ -99,6 +126,7 @@ class GradAccumulators:
         f32 = dict(dtype=torch.float32, device=hidden.device)
         self.dtype = hidden.dtype
         self.needs_cast = hidden.dtype != torch.float32
+        self.fp32_gemm = lowp_gemm_available(hidden.dtype, hidden.device)
         # Every chunk writes its own dhidden rows, and the first chunk writes dweight (no zero-fill and
         # re-read of a [V, H] tensor); result() zeroes both only if no chunk came. dweight/dbias
         # accumulate over chunks in fp32, whatever the input dtype.
@@ -108,8 +136,11 @@ class GradAccumulators:
         self.written = False
 
     def _add_to_weight(self, a, b):
-        """dweight += a @ b (the first chunk writes it: no zero-fill and re-read of [V, H])."""
-        if self.needs_cast:
+        """dweight += a @ b (the first chunk writes it: no zero-fill and re-read of [V, H]); 16-bit a, b
+        accumulate into the fp32 dweight inside the GEMM where a 16-bit GEMM with an fp32 result exists."""
+        if self.needs_cast and self.fp32_gemm:
+            mm_f32(self.d_weight, a, b, accumulate=self.written)
+        elif self.needs_cast:
             update = torch.mm(a, b)
             self.d_weight.add_(update) if self.written else self.d_weight.copy_(update)
         elif self.written:
@@ -117,9 +148,9 @@ class GradAccumulators:
         else:
             torch.mm(a, b, out=self.d_weight)
 
-    def add_chunk(self, z, g32, hidden, weight, start, end):
-        """Rows start:end; g32 holds their fp32 dLoss/dlogits, z is the input-dtype buffer it came from."""
-        g = z.copy_(g32) if self.needs_cast else g32
+    def add_chunk(self, g, g32, hidden, weight, start, end):
+        """Rows start:end; g32 holds their fp32 dLoss/dlogits and g the same in the input dtype
+        (ChunkBuffer.operand)."""
         if self.d_hidden is not None:
             torch.mm(g, weight, out=self.d_hidden[start:end])
         if self.d_weight is not None:
@@ -128,15 +159,14 @@ class GradAccumulators:
             self.d_bias.add_(g32.sum(0))
         self.written = True
 
-    def add_chunk_factored(self, z, e32, row_scale, target_grad, targets, hidden, weight, start, end):
+    def add_chunk_factored(self, e, e32, row_scale, target_grad, targets, hidden, weight, start, end):
         """Rows start:end, whose dLoss/dlogits is diag(row_scale) E + onehot(targets) * target_grad.
 
-        e32 holds E [rows, V] fp32 (z is the input-dtype buffer it came from); row_scale, target_grad
+        e32 holds E [rows, V] fp32 (e: the same in the input dtype, ChunkBuffer.operand); row_scale, target_grad
         [rows] fp32 (0 on rows that must get no gradient), targets [rows] valid ids. The per-row
         factors go into the small operands of the GEMMs (dhidden rows after the GEMM, hidden rows
         before the dW GEMM) and the one-hot term is a gather/scatter of [rows, H], so the [rows, V]
         chunk is never rewritten (no backward epilogue)."""
-        e = z.copy_(e32) if self.needs_cast else e32
         h = hidden[start:end]
         if self.d_hidden is not None:
             out = self.d_hidden[start:end]
@@ -180,5 +210,5 @@ def backward(grad_logprobs, grad_entropy, hidden, weight, bias, targets, lse, en
             bwd_epilogue(g32, targets[start:end], inv_temperature, ignore_index, lse[start:end],
                          entropy[start:end] if grad_entropy is not None else None, grad_logprobs[start:end],
                          grad_entropy[start:end] if grad_entropy is not None else None, vocab_shard)
-            grads.add_chunk(z, g32, hidden, weight, start, end)
+            grads.add_chunk(buffer.operand(z, g32), g32, hidden, weight, start, end)
     return grads.result()

@@ -12,6 +12,11 @@ import torch
 from ... import _ext
 
 
+# log p below this has exp() = 0 in fp32; clamping there keeps a -inf logit's p * log p at 0 (NaN stays
+# NaN) and the products of the backward finite.
+_LOG_P_FLOOR = -1.0e4
+
+
 def _safe_targets(targets, ignore_index, vocab, vocab_shard):
     """(valid rows, rows whose target is in this chunk's vocabulary, targets safe to gather)."""
     valid = targets != ignore_index
@@ -27,7 +32,8 @@ def forward_torch(z, targets, inv_tau, ignore_index, logprob, lse, entropy, voca
     lse.copy_(row_lse)
     logprob.copy_(torch.where(here, target_logit - row_lse, 0.0))
     if entropy is not None:
-        scaled.sub_(row_lse.unsqueeze(1))  # now log p
+        # now log p; a -inf logit (a banned token) has p = 0 and must add 0, not 0 * -inf = NaN
+        scaled.sub_(row_lse.unsqueeze(1)).clamp_(min=_LOG_P_FLOOR)
         ent = -(scaled.exp() * scaled).sum(1)
         entropy.copy_(torch.where(valid, ent, 0.0))
 
@@ -35,7 +41,7 @@ def forward_torch(z, targets, inv_tau, ignore_index, logprob, lse, entropy, voca
 def backward_torch(z, targets, inv_tau, ignore_index, lse, entropy, grad_logprob, grad_entropy, vocab_shard=False):
     valid, here, safe = _safe_targets(targets, ignore_index, z.shape[1], vocab_shard)
     g_l = torch.where(valid, grad_logprob, 0.0).unsqueeze(1)
-    log_p = z.mul_(inv_tau).sub_(lse.unsqueeze(1))
+    log_p = z.mul_(inv_tau).sub_(lse.unsqueeze(1)).clamp_(min=_LOG_P_FLOOR)
     p = log_p.exp()
     if grad_entropy is not None:
         g_h = torch.where(valid, grad_entropy, 0.0).unsqueeze(1)

@@ -105,12 +105,12 @@ def forward_with_grads(hidden, weight, bias, targets, token_fn, token_args, toke
             valid = y != ignore_index
             row_scale = torch.where(valid, g_l * exp_scale[start:end] * -inv_temperature, 0.0)
             target_grad = torch.where(valid, g_l * inv_temperature, 0.0)
-            grads.add_chunk_factored(z, z32, row_scale, target_grad, torch.where(valid, y, 0), hidden, weight,
-                                     start, end)
+            grads.add_chunk_factored(buffer.operand(z, z32), z32, row_scale, target_grad, torch.where(valid, y, 0),
+                                     hidden, weight, start, end)
         else:
             bwd_epilogue(z32, y, inv_temperature, ignore_index, lse[start:end], ent if g_h is not None else None,
                          g_l, g_h)
-            grads.add_chunk(z, z32, hidden, weight, start, end)
+            grads.add_chunk(buffer.operand(z, z32), z32, hidden, weight, start, end)
     return (loss, logprobs, entropy, extras) + grads.result()
 
 

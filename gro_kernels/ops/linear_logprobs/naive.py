@@ -11,6 +11,7 @@ def linear_logprobs_naive(hidden, weight, targets, bias=None, *, temperature=1.0
         logprob_t = z_t[y_t] / tau - logsumexp(z_t / tau)
         entropy_t = -sum_v p_v log p_v,   p = softmax(z_t / tau)
 
+    A -inf logit is a token of probability 0 (it adds nothing); a NaN or +inf logit makes its row NaN.
     Rows whose target is `ignore_index` give logprob 0 and entropy 0 (and zero gradient). The
     logits are formed in the input dtype (what a plain trainer does), the softmax in fp32 or
     fp64 (for fp64 inputs); outputs are fp32 (fp64 for fp64 inputs, so the oracle keeps its
@@ -26,6 +27,8 @@ def linear_logprobs_naive(hidden, weight, targets, bias=None, *, temperature=1.0
     valid = targets != ignore_index
     safe_targets = torch.where(valid, targets, torch.zeros_like(targets))
     logprobs = log_p.gather(-1, safe_targets.unsqueeze(-1)).squeeze(-1)
-    entropy = -(log_p.exp() * log_p).sum(-1)
+    # A -inf logit (a banned token) has p = 0: its p * log p is 0, not 0 * -inf = NaN. A clamp, not a where,
+    # so the backward stays finite too; exp(-1e4) is 0 in fp32 and fp64, so nothing else moves.
+    entropy = -(log_p.exp() * log_p.clamp(min=-1.0e4)).sum(-1)
     zero = torch.zeros((), dtype=out_dtype, device=hidden.device)
     return torch.where(valid, logprobs, zero), torch.where(valid, entropy, zero)

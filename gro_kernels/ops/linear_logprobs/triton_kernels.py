@@ -81,8 +81,9 @@ def _linear_logprobs_fwd_kernel(hidden_ptr, weight_ptr, bias_ptr, targets_ptr, p
         e = tl.exp(shifted)
         alpha = tl.exp(m - m_new)
         # u is kept relative to the running max: sum e*(z - m). Re-basing adds s*(m_old - m_new).
-        # Tail columns have e = 0 and shifted = -inf: zero them before the product, not after.
-        u = alpha * (u + s * (m - m_new)) + tl.sum(e * tl.where(col_ok[None, :], shifted, 0.0), axis=1)
+        # Tail columns and -inf logits (banned tokens) have e = 0 and shifted = -inf: zero them before
+        # the product, not after (0 * -inf = NaN). A NaN logit still poisons s through e.
+        u = alpha * (u + s * (m - m_new)) + tl.sum(e * tl.where(e > 0.0, shifted, 0.0), axis=1)
         s = alpha * s + tl.sum(e, axis=1)
         m = m_new
         t_logit += tl.sum(tl.where(cols[None, :] == target[:, None], z, 0.0), axis=1)
@@ -160,6 +161,7 @@ def _linear_logprobs_bwd_kernel(hidden_ptr, weight_ptr, bias_ptr, targets_ptr, l
     # Ignored/tail rows and tail columns get log p = 0, so everything stays finite: those rows have
     # g = 0, and tail columns meet zero-filled W rows in dh and masked atomics in dW and db.
     log_p = tl.where(valid[:, None] & col_ok[None, :], z - lse[:, None], 0.0)
+    log_p = tl.where(log_p < -1.0e4, -1.0e4, log_p)  # a -inf logit: p = 0 and p * log_p = 0 (NaN kept)
     p = tl.exp(log_p)
     onehot = tl.where(cols[None, :] == target[:, None], 1.0, 0.0)
     dz = g_l[:, None] * (onehot - p)
