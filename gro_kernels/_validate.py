@@ -1,12 +1,22 @@
 """Input checks for the public API: every error names the argument, what was expected and what came.
 
 Checks that need tensor values (not just metadata) are skipped while torch.compile traces, where
-they would break the graph; they run on every eager call.
+they would break the graph; they run on every eager call. The matrix of what each public function
+answers to bad input is tests/test_bad_input_matrix.py (rendered in docs/bad_inputs.md).
 """
 
 import math
+import os
 
 import torch
+
+CHUNK_SIZE_ENV = "GRO_CHUNK_SIZE"
+
+
+class TritonDeviceError(ValueError, RuntimeError):
+    """backend='triton' (or GRO_BACKEND=triton) on tensors Triton cannot run on. A ValueError, as every bad
+    argument here; also a RuntimeError, what the kernels' launchers raised before the check moved to the
+    public boundary, so callers catching that keep working."""
 
 
 def describe(t: torch.Tensor) -> str:
@@ -19,6 +29,14 @@ def require_tensor(name: str, value) -> torch.Tensor:
     return value
 
 
+def require_data(name: str, t: torch.Tensor):
+    """Meta tensors have a shape and a dtype but no values; every function here computes values, and the
+    kernels would fail deep inside (NotImplementedError, .item() errors) instead of naming the argument."""
+    if t.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device (shape and dtype only, no data); pass a CPU or CUDA "
+                         f"tensor, got {describe(t)}")
+
+
 def require_float(name: str, t: torch.Tensor, allowed=(torch.float32, torch.float16, torch.bfloat16, torch.float64)):
     if t.dtype not in allowed:
         raise TypeError(f"{name} must have a floating dtype in {[str(d) for d in allowed]}, got {describe(t)}")
@@ -29,18 +47,68 @@ def require_same_device(name: str, t: torch.Tensor, ref_name: str, ref: torch.Te
         raise ValueError(f"{name} must be on the same device as {ref_name} ({ref.device}), got {describe(t)}")
 
 
+def is_number(value) -> bool:
+    """An int or float, not a bool (True would silently count as 1)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def require_positive_finite(name: str, value: float):
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    if not is_number(value):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be finite and > 0, got {value}")
 
 
 def require_nonnegative(name: str, value: float):
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not is_number(value):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be finite and >= 0, got {value}")
+
+
+def require_positive_int(name: str, value):
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+
+
+def require_optional_bool(name: str, value):
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(f"{name} must be True, False or None, got {type(value).__name__} {value!r}")
+
+
+def require_bool(name: str, value):
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+
+
+def parse_device(device) -> torch.device:
+    """A torch.device from a device or its name; a bad name is a ValueError naming the argument (torch's
+    own error says only "Invalid device string")."""
+    if isinstance(device, torch.device):
+        return device
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a torch.device or a device name, got {type(device).__name__}")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device must be a torch.device or a device name such as 'cpu', 'cuda' or 'cuda:0', "
+                         f"got {device!r}") from None
+
+
+def triton_interpreting() -> bool:
+    """TRITON_INTERPRET=1: Triton runs kernels on CPU tensors. (ops/common/triton_helpers.interpreting asks the
+    same, but importing it imports Triton; this check must work without it.)"""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def require_triton_device(name: str, t: torch.Tensor, source: str):
+    """`source` (e.g. "backend='triton'") picked Triton for `t`: it must be a CUDA tensor, or run under the
+    interpreter. Checked before any kernel, so the answer is the same on every path."""
+    if t.device.type != "cuda" and not triton_interpreting():
+        raise TritonDeviceError(f"{source} needs CUDA tensors or TRITON_INTERPRET=1 (Triton's interpreter, which "
+                                f"runs CPU tensors); {name} is on {t.device}")
 
 
 def checking_values() -> bool:
@@ -83,6 +151,22 @@ def check_head_options(temperature, ignore_index, chunk_size):
 def check_chunk_size(chunk_size):
     if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size <= 0):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    check_chunk_size_env()
+
+
+def check_chunk_size_env():
+    """GRO_CHUNK_SIZE, when set, must be a positive int. The chunk loops (ops/*/chunked.py) read it where no
+    argument name is known, and would raise a bare int() error or clamp 0 and negatives to 1; every call
+    that can reach them checks it here first."""
+    raw = os.environ.get(CHUNK_SIZE_ENV)
+    if not raw:
+        return
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ValueError(f"{CHUNK_SIZE_ENV} must be a positive int (rows per chunk) or unset, got {raw!r}")
 
 
 def check_kl_inputs(hidden, weight, ref_hidden, ref_weight, bias, ref_bias, mask, temperature, chunk_size):
@@ -132,5 +216,7 @@ def check_head(h_name, hidden, w_name, weight, b_name, bias, like=None):
             raise ValueError(f"{b_name} must be [{weight.shape[0]}] of dtype {hidden.dtype}, got {describe(bias)}")
         require_same_device(b_name, bias, h_name, hidden)
         bias = bias.contiguous()
+    if like is None:  # the reference head shares this device (checked above)
+        require_data(h_name, hidden)
     lead_shape = hidden.shape[:-1]
     return hidden.reshape(-1, hidden.shape[-1]).contiguous(), weight.contiguous(), bias, lead_shape

@@ -7,7 +7,7 @@ collective, so a bad shard, offset or input on any rank raises a clear error on 
 leaving the others waiting in the next collective. The math: docs/math.md §1.
 """
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -49,16 +49,61 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
         return _linear_logprobs_vocab_parallel(hidden, weight, targets, bias, process_group, vocab_start,
                                                temperature=temperature, ignore_index=ignore_index,
                                                return_entropy=return_entropy, backend=backend, chunk_size=chunk_size)
+    call = check_head_call(hidden, weight, targets, bias, temperature=temperature, ignore_index=ignore_index,
+                           chunk_size=chunk_size, backend=backend)
+    return checked_logprobs(call, return_entropy=return_entropy)
+
+
+class HeadCall(NamedTuple):
+    """One validated LM-head call: flattened tensors, the leading shape, the resolved backend, the options."""
+
+    hidden: torch.Tensor
+    weight: torch.Tensor
+    targets: torch.Tensor
+    bias: Optional[torch.Tensor]
+    lead_shape: torch.Size
+    backend: str
+    temperature: float
+    ignore_index: int
+    chunk_size: Optional[int]
+
+
+def check_head_call(hidden, weight, targets, bias=None, *, temperature=1.0, ignore_index=-100, chunk_size=None,
+                    backend="auto", sharded=False) -> HeadCall:
+    """Every check of an LM-head call, in one place: tensors, scalar options, GRO_CHUNK_SIZE, the backend and
+    whether it can run on these tensors, and (eagerly) the target range.
+
+    linear_logprobs runs it, and so does gro_loss before anything else, because its grad-in-forward
+    loop calls the kernels directly: every path answers bad input the same way. sharded: a
+    vocabulary-parallel head, whose backend resolves without H and whose targets are global ids,
+    checked against the full vocabulary in the layout exchange instead.
+    """
     hidden, weight, targets, bias, lead_shape = v.check_linear_inputs(hidden, weight, targets, bias)
     v.check_head_options(temperature, ignore_index, chunk_size)
-    resolved = _lp.resolve_backend(backend, hidden.device, hidden_size=weight.shape[1])
-    if v.checking_values():
+    resolved = _lp.resolve_backend(backend, hidden.device, hidden_size=None if sharded else weight.shape[1])
+    if resolved == "triton":
+        v.require_triton_device("hidden", hidden, "backend='triton'" if backend == "triton" else
+                                "GRO_BACKEND=triton (with backend='auto')")
+    if not sharded and v.checking_values():
         v.check_target_range(targets, weight.shape[0], ignore_index)
-    logprobs, entropy = _lp.linear_logprobs_op(hidden, weight, bias, targets, temperature=temperature,
-                                               ignore_index=ignore_index, with_entropy=return_entropy,
-                                               chunk_size=chunk_size, backend=resolved)
-    logprobs = logprobs.reshape(lead_shape)
-    return (logprobs, entropy.reshape(lead_shape)) if return_entropy else logprobs
+    return HeadCall(hidden, weight, targets, bias, lead_shape, resolved, temperature, ignore_index, chunk_size)
+
+
+def check_head_options(*, temperature=1.0, ignore_index=-100, chunk_size=None, backend="auto"):
+    """The scalar options of an LM-head call, without tensors (LinearLogprobs checks them at construction)."""
+    v.check_head_options(temperature, ignore_index, chunk_size)
+    if backend not in _lp.BACKENDS:
+        raise ValueError(f"backend must be one of {_lp.BACKENDS}, got {backend!r}")
+
+
+def checked_logprobs(call: HeadCall, *, return_entropy: bool = False):
+    """linear_logprobs of a call check_head_call accepted (unsharded), without checking it again."""
+    logprobs, entropy = _lp.linear_logprobs_op(call.hidden, call.weight, call.bias, call.targets,
+                                               temperature=call.temperature, ignore_index=call.ignore_index,
+                                               with_entropy=return_entropy, chunk_size=call.chunk_size,
+                                               backend=call.backend)
+    logprobs = logprobs.reshape(call.lead_shape)
+    return (logprobs, entropy.reshape(call.lead_shape)) if return_entropy else logprobs
 
 
 def linear_logprobs_no_grad(hidden, weight, targets, bias=None, **options):
@@ -82,9 +127,9 @@ def selected_backend(device="cpu", backend: str = "auto", hidden_size: Optional[
     Returns:
         e.g. "chunked/native-cpu", "chunked/torch", "triton" or "naive".
     """
-    if not isinstance(device, (str, torch.device)):
-        raise TypeError(f"device must be a torch.device or a device name, got {type(device).__name__}")
-    device = torch.device(device)
+    device = v.parse_device(device)
+    if hidden_size is not None:
+        v.require_positive_int("hidden_size", hidden_size)
     resolved = _lp.resolve_backend(backend, device, hidden_size=hidden_size)
     if resolved == "chunked":
         return "chunked/" + (f"native-{device.type}" if _ext.native_available(device.type) else "torch")
@@ -155,9 +200,9 @@ def _linear_logprobs_vocab_parallel(hidden, weight, targets, bias, process_group
     _require_group(process_group)
     checked, error = None, None
     try:
-        hidden_f, weight, targets_f, bias, lead_shape = v.check_linear_inputs(hidden, weight, targets, bias)
-        v.check_head_options(temperature, ignore_index, chunk_size)
-        resolved = _lp.resolve_backend(backend, hidden_f.device)
+        call = check_head_call(hidden, weight, targets, bias, temperature=temperature, ignore_index=ignore_index,
+                               chunk_size=chunk_size, backend=backend, sharded=True)
+        hidden_f, weight, targets_f, bias, lead_shape, resolved = call[:6]
         checked = (hidden_f, weight, targets_f)
     except (TypeError, ValueError) as exc:
         error = exc

@@ -6,6 +6,7 @@ import torch
 
 from . import functional as F
 from .losses import gro_loss
+from .losses.gro import check_options
 from .presets import GROObjective
 
 
@@ -15,6 +16,10 @@ class LinearLogprobs(torch.nn.Module):
     def __init__(self, *, temperature: float = 1.0, ignore_index: int = -100, return_entropy: bool = False,
                  backend: str = "auto", chunk_size: Optional[int] = None):
         super().__init__()
+        F.check_head_options(temperature=temperature, ignore_index=ignore_index, chunk_size=chunk_size,
+                             backend=backend)
+        if not isinstance(return_entropy, bool):
+            raise TypeError(f"return_entropy must be True or False, got {type(return_entropy).__name__}")
         self.options = dict(temperature=temperature, ignore_index=ignore_index, return_entropy=return_entropy,
                             backend=backend, chunk_size=chunk_size)
 
@@ -26,10 +31,12 @@ class GROLoss(torch.nn.Module):
     """gro_loss with its preset/config and options fixed at construction; per-batch tensors in forward.
 
     GROLoss("dapo", beta=0.04, epsilon_high=0.28)(hidden, weight, targets, mask=mask, advantages=adv, ...)
+    preset (default "grpo") or config, not both. The options are checked here, as gro_loss would check them.
     """
 
-    def __init__(self, preset: str = "grpo", *, config: Optional[GROObjective] = None, **options):
+    def __init__(self, preset: Optional[str] = None, *, config: Optional[GROObjective] = None, **options):
         super().__init__()
+        check_options(preset, config, **options)
         self.preset, self.config, self.options = preset, config, options
 
     def forward(self, hidden, weight, targets, bias=None, **batch):
@@ -40,7 +47,7 @@ class GROLoss(torch.nn.Module):
                           **batch)
 
     def extra_repr(self) -> str:
-        return f"preset={self.preset!r}" if self.config is None else f"config={self.config}"
+        return f"preset={self.preset or 'grpo'!r}" if self.config is None else f"config={self.config}"
 
 
 class GROModelLoss(torch.nn.Module):
@@ -55,7 +62,8 @@ class GROModelLoss(torch.nn.Module):
     fused loss never calls; that case raises a clear error).
 
     model: Hugging Face-style causal LM: get_decoder() (returns .last_hidden_state) and
-    get_output_embeddings() (a linear head, weight [V, H], optional bias). Options as for GROLoss.
+    get_output_embeddings() (a linear head, weight [V, H], optional bias). preset and options as for GROLoss,
+    checked here.
     grad_in_forward=None: off under fully_shard (FSDP2) or for DeepSpeed ZeRO-3 parameters, where the
     head's gradient must come from the backward (a full-size dW held from forward to backward would also
     undo the sharding); otherwise gro_loss's default.
@@ -64,9 +72,14 @@ class GROModelLoss(torch.nn.Module):
     (ignore_index elsewhere); batch holds gro_loss's per-batch tensors. Returns GROOutput.
     """
 
-    def __init__(self, model: torch.nn.Module, preset: str = "grpo", *, config: Optional[GROObjective] = None,
+    def __init__(self, model: torch.nn.Module, preset: Optional[str] = None, *, config: Optional[GROObjective] = None,
                  grad_in_forward: Optional[bool] = None, **options):
         super().__init__()
+        missing = [m for m in ("get_decoder", "get_output_embeddings") if not callable(getattr(model, m, None))]
+        if missing:
+            raise TypeError(f"model must be a causal LM with get_decoder() and get_output_embeddings() (a Hugging "
+                            f"Face-style model); {type(model).__name__} has no {' or '.join(missing)}")
+        check_options(preset, config, grad_in_forward=grad_in_forward, **options)
         self.model, self.preset, self.config, self.options = model, preset, config, options
         self.grad_in_forward = grad_in_forward
 

@@ -2,10 +2,12 @@
 structure) only eagerly (_validate.checking_values()), since they read tensor data."""
 
 import math
+import numbers
 
 import torch
 
 from .. import _validate as v
+from ..ops.common import dispatch
 
 
 def row_tensor(name, t, batch, *, floating=True, device=None):
@@ -13,6 +15,7 @@ def row_tensor(name, t, batch, *, floating=True, device=None):
     if t is None:
         return None
     v.require_tensor(name, t)
+    v.require_data(name, t)
     if t.dim() != 1 or t.shape[0] != batch:
         raise ValueError(f"{name} must have one entry per row: shape ({batch},), got {v.describe(t)}")
     if floating and not t.is_floating_point():
@@ -27,6 +30,7 @@ def token_tensor(name, t, shape, *, device=None):
     if t is None:
         return None
     v.require_tensor(name, t)
+    v.require_data(name, t)
     if tuple(t.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)} (one value per token), got {v.describe(t)}")
     if not t.is_floating_point():
@@ -40,6 +44,7 @@ def bool_tensor(name, t, shape):
     if t is None:
         return None
     v.require_tensor(name, t)
+    v.require_data(name, t)
     if tuple(t.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {v.describe(t)}")
     if t.dtype != torch.bool and t.is_floating_point():
@@ -50,6 +55,7 @@ def bool_tensor(name, t, shape):
 
 def advantages_tensor(advantages, batch, shape):
     v.require_tensor("advantages", advantages)
+    v.require_data("advantages", advantages)
     if advantages.dim() == 1 and advantages.shape[0] == batch:
         ok = True
     else:
@@ -68,7 +74,7 @@ def no_nan_rows(name, t, rows=None):
         return
     bad = ~torch.isfinite(t)
     if bad.dim() > 1:
-        bad = bad.reshape(bad.shape[0], -1).any(1)
+        bad = bad.flatten(1).any(1)  # not reshape(B, -1): that cannot infer -1 for an empty batch
     if rows is not None:
         bad = bad & rows
     if bool(bad.any()):
@@ -101,17 +107,37 @@ def group_index(batch, group_ids, group_size, device):
         return index, uniq.shape[0]
     if group_size is None:
         return None, 0
-    if isinstance(group_size, int) and not isinstance(group_size, bool):
-        if group_size <= 0 or batch % group_size:
-            raise ValueError(f"group_size={group_size} must be > 0 and divide the batch of {batch} rows "
+    sizes = _group_sizes(group_size)
+    if isinstance(sizes, int):
+        if sizes <= 0 or batch % sizes:
+            raise ValueError(f"group_size={sizes} must be > 0 and divide the batch of {batch} rows "
                              f"(pass a list of sizes or group_ids for ragged groups)")
-        return torch.arange(batch, device=device) // group_size, batch // group_size
-    sizes = torch.as_tensor(group_size, dtype=torch.int64)
+        return torch.arange(batch, device=device) // sizes, batch // sizes
     if sizes.dim() != 1 or bool((sizes <= 0).any()) or int(sizes.sum()) != batch:
         raise ValueError(f"group_size as sizes must be positive and sum to the batch of {batch} rows, "
                          f"got {sizes.tolist()}")
     index = torch.repeat_interleave(torch.arange(sizes.shape[0]), sizes).to(device)
     return index, sizes.shape[0]
+
+
+def _group_sizes(group_size):
+    """group_size as an int, or its list of sizes as an int64 tensor. Anything else is a TypeError: a string
+    would reach torch as a dtype error, and float sizes would be truncated to ints without a word."""
+    if _is_int(group_size):
+        return int(group_size)
+    if isinstance(group_size, torch.Tensor):
+        if group_size.dim() == 1 and not group_size.is_floating_point() and group_size.dtype != torch.bool:
+            return group_size.to(device="cpu", dtype=torch.int64)
+    elif isinstance(group_size, (list, tuple)):
+        if all(_is_int(s) for s in group_size):
+            return torch.tensor([int(s) for s in group_size], dtype=torch.int64).reshape(-1)
+    raise TypeError(f"group_size must be an int (the size of every group) or a list of int sizes, got "
+                    f"{type(group_size).__name__} {group_size!r}")
+
+
+def _is_int(value) -> bool:
+    """An int, numpy ints included; not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def check_pairs(pair_ids, chosen, offline):
@@ -131,5 +157,37 @@ def check_pairs(pair_ids, chosen, offline):
 
 
 def finite_float(name, value):
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+    if not v.is_number(value):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+
+def loss_ops_backend(name, t):
+    """GRO_BACKEND steers the loss-layer kernels too (ops/common/dispatch.py): with "triton" they launch Triton
+    kernels, so `t` (the call's anchor tensor) must be where Triton runs. Checked up front, not in a launcher."""
+    if dispatch.requested_backend() == "triton":
+        v.require_triton_device(name, t, "GRO_BACKEND=triton")
+
+
+def count_option(name, value):
+    """global_token_count / max_completion_length / num_sequences: a positive finite number, or a 0-d tensor
+    (e.g. an all-reduced count, whose value is left unread: reading it would cost a host sync)."""
+    if value is None:
+        return
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.dtype == torch.bool or value.is_complex():
+            raise ValueError(f"{name} must be a positive number or a one-element tensor, got {v.describe(value)}")
+        return
+    v.require_positive_finite(name, value)
+
+
+def kto_z0_value(kto_z0):
+    """KTO's reference point: a finite number or a one-element floating tensor (None: the batch estimate)."""
+    if kto_z0 is None:
+        return
+    if isinstance(kto_z0, torch.Tensor):
+        if kto_z0.numel() != 1 or not kto_z0.is_floating_point():
+            raise ValueError(f"kto_z0 must be a number or a one-element floating tensor, got {v.describe(kto_z0)}")
+        return
+    finite_float("kto_z0", kto_z0)

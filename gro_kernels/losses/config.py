@@ -1,5 +1,6 @@
 """gro_loss configuration: a preset (or GROObjective) plus keyword overrides in TRL/verl vocabulary,
-validated; and the per-batch input checks that depend on the config."""
+validated; the option checks every loss entry point shares (check_token_options, check_preference_options,
+check_aggregation_counts); and the per-batch input checks that depend on the config."""
 
 import dataclasses
 import math
@@ -7,7 +8,8 @@ import math
 from . import checks as c
 from .. import _validate as v
 from ..ops.policy_loss.function import AGGREGATIONS, IS_LEVELS
-from ..ops.policy_loss.token_terms import KL_ESTIMATORS, SURROGATES
+from ..ops.policy_loss.token_terms import KL_ESTIMATORS, SURROGATES, TokenLossConfig
+from ..ops.preference_loss.function import LOSSES, PreferenceConfig
 from ..presets import GROObjective, get_preset
 
 # TRL loss_type -> aggregation (dapo's global count comes from global_token_count when given).
@@ -17,6 +19,79 @@ SCALE_REWARDS = {"group": "std", "batch": "batch_std", "none": "identity"}
 ROWS = ("online", "offline", "mixed")
 _FIELDS = {f.name for f in dataclasses.fields(GROObjective)} - {"name"}
 _ALIASES = ("beta", "epsilon", "loss_type", "scale_rewards")
+PREFERENCE_OPTIONS = tuple(f.name for f in dataclasses.fields(PreferenceConfig) if f.name not in ("loss", "beta"))
+COUNT_OPTIONS = ("global_token_count", "max_completion_length", "num_sequences")
+
+
+# ---- option checks shared by gro_loss, policy_loss and preference_loss ----
+
+def _choice(name, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def check_token_options(cfg: TokenLossConfig, names=None):
+    """The per-token policy options (docs/math.md §3), whoever builds them. names: the public name of a field
+    where an entry point calls it differently (policy_loss's beta is kl_coef)."""
+    name = lambda field: (names or {}).get(field, field)  # noqa: E731
+    _choice(name("surrogate"), cfg.surrogate, SURROGATES)
+    _choice(name("kl_estimator"), cfg.kl_estimator, KL_ESTIMATORS)
+    for field in ("epsilon_low", "epsilon_high", "kl_coef"):
+        v.require_nonnegative(name(field), getattr(cfg, field))
+    c.finite_float(name("entropy_coef"), cfg.entropy_coef)
+    dual = cfg.dual_clip
+    if dual is not None and not (v.is_number(dual) and math.isfinite(dual) and dual > 1.0):
+        # c <= 1 would cap the loss of negative advantages below the clipped surrogate itself.
+        raise ValueError(f"{name('dual_clip')} must be a finite number > 1 (3 is typical) or None, got {dual!r}")
+    if cfg.tis_cap is not None:
+        v.require_positive_finite(name("tis_cap"), cfg.tis_cap)  # a cap <= 0 flips or zeroes the loss
+
+
+def check_preference_options(cfg: PreferenceConfig, names=None):
+    """The preference-loss options (docs/math.md §4), whoever builds them (names as for check_token_options)."""
+    name = lambda field: (names or {}).get(field, field)  # noqa: E731
+    _choice(name("loss"), cfg.loss, LOSSES)
+    v.require_positive_finite(name("beta"), cfg.beta)
+    check_label_smoothing(name("label_smoothing"), cfg.label_smoothing)
+    for field in ("simpo_gamma", "cpl_lambda", "desirable_weight", "undesirable_weight"):
+        v.require_nonnegative(name(field), getattr(cfg, field))
+    v.require_positive_finite(name("cpl_discount"), cfg.cpl_discount)
+
+
+def check_label_smoothing(name, value):
+    v.require_nonnegative(name, value)
+    if value >= 0.5:  # at 0.5 the DPO loss no longer prefers the chosen answer; above it, the rejected one
+        raise ValueError(f"{name} must be in [0, 0.5), got {value}")
+
+
+def check_aggregation_counts(counts: dict):
+    """global_token_count, max_completion_length, num_sequences: > 0 when given (0 would be clamped to 1)."""
+    for name in COUNT_OPTIONS:
+        c.count_option(name, counts.get(name))
+
+
+def preference_config(loss_type, beta, options: dict) -> PreferenceConfig:
+    """PreferenceConfig from preference_loss's keyword options, refusing names it does not have."""
+    unknown = sorted(set(options) - set(PREFERENCE_OPTIONS))
+    if unknown:
+        raise TypeError(f"preference_loss got unexpected keyword argument(s) {unknown}; options are loss_type, "
+                        f"beta and {list(PREFERENCE_OPTIONS)}")
+    cfg = PreferenceConfig(loss=loss_type, beta=beta, **options)
+    check_preference_options(cfg, names={"loss": "loss_type"})
+    return cfg
+
+
+# ---- gro_loss: preset + overrides ----
+
+def _reject_aliased_twice(base: GROObjective, overrides: dict):
+    """A TRL name and the GROObjective field it sets, given together: one would silently win. (epsilon with
+    epsilon_high is TRL's own asymmetric clip: epsilon sets the lower bound, epsilon_high the upper.)"""
+    beta_sets = {"online": "kl_coef", "offline": "preference_beta"}.get(base.rows)  # mixed: beta is refused
+    for alias, field in (("beta", beta_sets), ("epsilon", "epsilon_low"), ("loss_type", "aggregation"),
+                         ("scale_rewards", "magnitude")):
+        if field is not None and overrides.get(alias) is not None and overrides.get(field) is not None:
+            raise ValueError(f"{alias}={overrides[alias]!r} and {field}={overrides[field]!r} both set {field}; "
+                             f"pass one of them")
 
 
 def _alias_overrides(base: GROObjective, overrides: dict) -> dict:
@@ -52,58 +127,64 @@ def _alias_overrides(base: GROObjective, overrides: dict) -> dict:
 
 
 def resolve_config(preset, config, overrides: dict) -> GROObjective:
-    """The GROObjective of this call: `config` or the named preset, with keyword overrides applied."""
+    """The GROObjective of this call: `config` or the named preset ("grpo" when neither is given), with
+    keyword overrides applied."""
+    if preset is not None and config is not None:
+        what = f"GROObjective(name={config.name!r}, ...)" if isinstance(config, GROObjective) else repr(config)
+        raise ValueError(f"pass preset= or config=, not both: got preset={preset!r} and config={what}")
     if config is not None:
         if not isinstance(config, GROObjective):
             raise TypeError(f"config must be a GROObjective, got {type(config).__name__}")
         base = config
     else:
-        base = get_preset(preset)
+        base = get_preset("grpo" if preset is None else preset)
     unknown = sorted(set(overrides) - _FIELDS - set(_ALIASES))
     if unknown:
         raise TypeError(f"gro_loss got unexpected keyword argument(s) {unknown}; options are the GROObjective fields "
                         f"{sorted(_FIELDS)}, the TRL names {list(_ALIASES)} and the batch inputs")
+    _reject_aliased_twice(base, overrides)
     cfg = dataclasses.replace(base, **_alias_overrides(base, overrides))
     _check_config(cfg)
     return cfg
 
 
 def _check_config(cfg: GROObjective):
-    choices = {"rows": ROWS, "surrogate": SURROGATES, "importance_sampling_level": IS_LEVELS,
-               "aggregation": AGGREGATIONS, "kl_estimator": KL_ESTIMATORS + ("exact",)}
+    choices = {"rows": ROWS, "importance_sampling_level": IS_LEVELS, "aggregation": AGGREGATIONS,
+               "kl_estimator": KL_ESTIMATORS + ("exact",)}
     for name, allowed in choices.items():
-        if getattr(cfg, name) not in allowed:
-            raise ValueError(f"{name} must be one of {allowed}, got {getattr(cfg, name)!r}")
-    for name in ("epsilon_low", "epsilon_high", "kl_coef", "label_smoothing", "desirable_weight",
-                 "undesirable_weight", "simpo_gamma", "cpl_lambda"):
-        c.nonneg(name, getattr(cfg, name))
-    c.finite_float("entropy_coef", cfg.entropy_coef)
+        _choice(name, getattr(cfg, name), allowed)
+    # The objective's per-token part through the same checks as policy_loss ("exact" is checked above).
+    estimator = "k3" if cfg.kl_estimator == "exact" else cfg.kl_estimator
+    check_token_options(TokenLossConfig(surrogate=cfg.surrogate, epsilon_low=cfg.epsilon_low,
+                                        epsilon_high=cfg.epsilon_high, dual_clip=cfg.dual_clip, kl_coef=cfg.kl_coef,
+                                        kl_estimator=estimator, entropy_coef=cfg.entropy_coef, tis_cap=cfg.tis_cap))
     if cfg.has_online:
         cfg.advantage_mode  # noqa: B018 - raises on an unsupported anchor/magnitude pair
     if cfg.has_offline:
-        v.require_positive_finite("preference_beta (beta)", cfg.preference_beta)
-        if cfg.offline_loss == "cpl":
-            v.require_positive_finite("cpl_discount", cfg.cpl_discount)
-    if cfg.label_smoothing >= 0.5:
-        raise ValueError(f"label_smoothing must be in [0, 0.5), got {cfg.label_smoothing}")
-    if cfg.dual_clip is not None and not (math.isfinite(cfg.dual_clip) and cfg.dual_clip > 1.0):
-        raise ValueError(f"dual_clip must be a finite number > 1 (3 is typical) or None, got {cfg.dual_clip!r}")
-    if cfg.tis_cap is not None:
-        v.require_positive_finite("tis_cap", cfg.tis_cap)
+        check_preference_options(objective_preference_config(cfg), names={"beta": "preference_beta (beta)"})
+    else:  # unused without offline rows, but a bad value is still refused rather than kept
+        for name in ("desirable_weight", "undesirable_weight", "simpo_gamma", "cpl_lambda"):
+            v.require_nonnegative(name, getattr(cfg, name))
+        check_label_smoothing("label_smoothing", cfg.label_smoothing)
+
+
+def objective_preference_config(cfg: GROObjective) -> PreferenceConfig:
+    """The PreferenceConfig of a GROObjective's offline rows."""
+    return PreferenceConfig(loss=cfg.offline_loss, beta=cfg.preference_beta, label_smoothing=cfg.label_smoothing,
+                            simpo_gamma=cfg.simpo_gamma, cpl_lambda=cfg.cpl_lambda, cpl_discount=cfg.cpl_discount,
+                            desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight)
 
 
 def check_batch_inputs(cfg: GROObjective, inputs: dict, batch: int, shape, device):
     """Shapes of every per-row / per-token input, and what the config requires to be present."""
+    _reject_competing_inputs(cfg, inputs)
     if inputs["advantages"] is not None:
         c.advantages_tensor(inputs["advantages"], batch, shape)
     for name in ("rewards", "baseline"):
         c.row_tensor(name, inputs[name], batch, device=device)
     for name in ("old_logprobs", "ref_logprobs", "rollout_logprobs"):
         c.token_tensor(name, inputs[name], shape, device=device)
-    for name in ("global_token_count", "max_completion_length", "num_sequences"):
-        value = inputs[name]
-        if value is not None and not hasattr(value, "shape"):
-            v.require_positive_finite(name, value)
+    check_aggregation_counts(inputs)
     v.require_positive_finite("eps", inputs["eps"])
     if cfg.has_online and cfg.tis_cap is not None and inputs["rollout_logprobs"] is None:
         raise ValueError("tis_cap (truncated importance sampling) needs rollout_logprobs=")
@@ -111,9 +192,25 @@ def check_batch_inputs(cfg: GROObjective, inputs: dict, batch: int, shape, devic
         _check_offline_inputs(cfg, inputs, batch)
 
 
+def _reject_competing_inputs(cfg, inputs):
+    """Two inputs that give the same quantity: one would be used and the other dropped without a word."""
+    if inputs["advantages"] is not None and inputs["rewards"] is not None:
+        raise ValueError("advantages= and rewards= both given: advantages are used as they are and the rewards "
+                         "would be ignored; pass advantages= or rewards= (with group_ids= / group_size=)")
+    if inputs["ref_hidden"] is None:
+        given = [n + "=" for n in ("ref_weight", "ref_bias") if inputs[n] is not None]
+        if given:
+            verbs = "describes a reference head and needs" if len(given) == 1 else "describe a reference head and need"
+            raise ValueError(f"{' and '.join(given)} {verbs} ref_hidden= (the reference model's hidden states)")
+    elif inputs["ref_logprobs"] is not None and cfg.kl_estimator != "exact":
+        # With kl_estimator="exact" the reference head feeds the exact KL and ref_logprobs the offline rows.
+        raise ValueError("ref_logprobs= and ref_hidden= both give the reference logprobs; pass one of them")
+
+
 def _check_offline_inputs(cfg, inputs, batch):
     loss = cfg.offline_loss
     if loss == "kto":
+        c.kto_z0_value(inputs["kto_z0"])
         if inputs["desirable"] is None:
             raise ValueError(f"preset {cfg.name!r} (kto) needs desirable= (bool per row: desirable or not)")
         inputs["desirable"] = c.bool_tensor("desirable", inputs["desirable"], (batch,))

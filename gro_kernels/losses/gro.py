@@ -14,7 +14,8 @@ import torch
 from .. import _validate as v
 from .. import functional as F
 from . import checks as c
-from .config import check_batch_inputs, resolve_config
+from .config import check_batch_inputs, objective_preference_config, resolve_config
+from ..ops.common import dispatch
 from ..ops.group_advantages import function as _adv
 from ..ops.policy_loss import function as _pl
 from ..ops.policy_loss.token_terms import KL_ESTIMATORS, SURROGATES, TokenLossConfig
@@ -175,14 +176,14 @@ def _online_fused(hidden, weight, bias, targets, adv, scale, m_on, inputs, ref, 
                                                           ent.reshape(-1))
 
 
-def gro_loss(hidden, weight, targets, bias=None, *, preset="grpo", config=None, mask=None, online=None,
+def gro_loss(hidden, weight, targets, bias=None, *, preset=None, config=None, mask=None, online=None,
              grad_in_forward=None, online_weight=1.0, offline_weight=1.0, return_entropy=False, temperature=1.0,
              ignore_index=-100, backend="auto", chunk_size=None, process_group=None, vocab_start=None, **kwargs):
     """Hidden states [B, T, H] -> scalar GRO loss, never materializing [B*T, V] logits.
 
-    preset: grpo, bnpo, dr_grpo, dapo, rloo, remax, reinforce_pp, ppo, gspo, cispo, dpo, ipo, simpo,
-    kto, cpl; or config=GROObjective(...) (score/anchor/magnitude, surrogate, KL, entropy, aggregation;
-    rows="mixed" for batches with online and offline rows, told apart by online= [B] bool).
+    preset: grpo (the default), bnpo, dr_grpo, dapo, rloo, remax, reinforce_pp, ppo, gspo, cispo, dpo,
+    ipo, simpo, kto, cpl; or config=GROObjective(...), not both (score/anchor/magnitude, surrogate, KL,
+    entropy, aggregation; rows="mixed" for batches with online and offline rows, told apart by online= [B] bool).
     Inputs (keyword): mask [B, T]; advantages [B] or [B, T], or rewards [B] with group_ids /
     group_size (baseline [B] for remax); old_logprobs, ref_logprobs, rollout_logprobs [B, T]; or
     ref_hidden (+ ref_weight, ref_bias) to stream the reference with no grad; pair_ids + chosen (dpo,
@@ -196,15 +197,23 @@ def gro_loss(hidden, weight, targets, bias=None, *, preset="grpo", config=None, 
     Vocabulary-parallel head: process_group=pg, vocab_start=s with weight (and ref_weight) the rows
     [s, s + V_r) of the head on this rank, everything else replicated (see linear_logprobs); the loss is
     the full-vocabulary one on every rank, and grad_in_forward stays off.
+    Bad input, on every path (grad-in-forward or not): a ValueError / TypeError naming the argument,
+    what was expected and what came; options that set the same thing (beta and kl_coef, epsilon and
+    epsilon_low, advantages and rewards, ...) are refused together. See docs/bad_inputs.md.
     Returns GROOutput(loss 0-d fp32, metrics dict of 0-d fp32 tensors, logprobs [B, T] fp32 detached,
     entropy [B, T] or None).
     """
     inputs, overrides = _split_kwargs(kwargs)
     cfg = resolve_config(preset, config, overrides)
-    v.check_linear_inputs(hidden, weight, targets, bias)
+    # The LM-head checks of linear_logprobs, up front: the grad-in-forward loop calls the kernels directly.
+    head = F.check_head_call(hidden, weight, targets, bias, temperature=temperature, ignore_index=ignore_index,
+                             chunk_size=chunk_size, backend=backend,
+                             sharded=process_group is not None or vocab_start is not None)
     if targets.dim() != 2:
         raise ValueError(f"gro_loss needs a [B, T] batch: hidden [B, T, H] and targets [B, T], got targets "
                          f"shape {tuple(targets.shape)}")
+    _check_call_options(grad_in_forward, return_entropy, online_weight, offline_weight)
+    c.loss_ops_backend("hidden", hidden)
     batch, shape, device = targets.shape[0], tuple(targets.shape), hidden.device
     inputs["device"] = device
     check_batch_inputs(cfg, inputs, batch, shape, device)
@@ -233,8 +242,7 @@ def gro_loss(hidden, weight, targets, bias=None, *, preset="grpo", config=None, 
                                              want_entropy, opts)
         metrics.update(_pl.metrics(stats, want_entropy, ref is not None))
         return GROOutput(online_weight * loss, metrics, lp, ent)
-    lp, ent = F.linear_logprobs(hidden, weight, targets, bias, return_entropy=True, **opts) if want_entropy else \
-        (F.linear_logprobs(hidden, weight, targets, bias, **opts), None)
+    lp, ent = _logprobs(head, hidden, weight, targets, bias, want_entropy, opts)
     if cfg.has_online:
         adv = _advantages(cfg, inputs, batch, shape, online, m_on, ref, lp.detach())
         on_loss, stats = _pl.policy_loss(lp, adv, m_on, old_logprobs=inputs["old_logprobs"], ref_logprobs=ref,
@@ -252,7 +260,7 @@ def gro_loss(hidden, weight, targets, bias=None, *, preset="grpo", config=None, 
         if cfg.offline_loss != "kto":
             c.check_pairs(inputs["pair_ids"].to(device), inputs["chosen"].to(device), ~online)
         off_loss, pref_metrics = _pref.preference_loss(
-            lp, m, ref, ~online, _preference_config(cfg), pair_ids=inputs["pair_ids"], chosen=inputs["chosen"],
+            lp, m, ref, ~online, objective_preference_config(cfg), pair_ids=inputs["pair_ids"], chosen=inputs["chosen"],
             desirable=inputs["desirable"], kto_z0=inputs["kto_z0"])
         metrics.update(pref_metrics)
         loss = loss + offline_weight * off_loss
@@ -261,21 +269,66 @@ def gro_loss(hidden, weight, targets, bias=None, *, preset="grpo", config=None, 
     return GROOutput(loss, metrics, lp.detach(), None if ent is None else ent.detach())
 
 
-def _preference_config(cfg):
-    return _pref.PreferenceConfig(loss=cfg.offline_loss, beta=cfg.preference_beta, label_smoothing=cfg.label_smoothing,
-                                  simpo_gamma=cfg.simpo_gamma, cpl_lambda=cfg.cpl_lambda, cpl_discount=cfg.cpl_discount,
-                                  desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight)
+def _logprobs(head, hidden, weight, targets, bias, want_entropy, opts):
+    """(logprobs, entropy or None) of the plain path: the head call checked at the top of gro_loss (a sharded
+    head goes through linear_logprobs, whose layout exchange its checks are part of)."""
+    if opts["process_group"] is None and opts["vocab_start"] is None:
+        out = F.checked_logprobs(head, return_entropy=want_entropy)
+    else:
+        out = F.linear_logprobs(hidden, weight, targets, bias, return_entropy=want_entropy, **opts)
+    return out if want_entropy else (out, None)
+
+
+def _check_call_options(grad_in_forward, return_entropy, online_weight, offline_weight):
+    """gro_loss's own scalar options (the head's are checked with the head)."""
+    v.require_optional_bool("grad_in_forward", grad_in_forward)
+    v.require_bool("return_entropy", return_entropy)
+    for name, value in (("online_weight", online_weight), ("offline_weight", offline_weight)):
+        v.require_nonnegative(name, value)  # a loss weight: NaN would poison the loss, < 0 flip its part
+
+
+def check_options(preset=None, config=None, **options):
+    """What gro_loss can check before it sees a batch: the objective (preset or config, with the overrides)
+    and the scalar options. GROLoss and GROModelLoss run it at construction, so a bad option fails where it
+    was written, not at the first batch. Returns nothing; raises as gro_loss would."""
+    call = {k: options.pop(k) for k in _CALL_DEFAULTS if k in options}
+    call = {**_CALL_DEFAULTS, **call}
+    _, overrides = _split_kwargs(options)
+    resolve_config(preset, config, overrides)
+    v.check_head_options(call["temperature"], call["ignore_index"], call["chunk_size"])
+    if call["backend"] not in dispatch.BACKENDS:
+        raise ValueError(f"backend must be one of {dispatch.BACKENDS}, got {call['backend']!r}")
+    _check_call_options(call["grad_in_forward"], call["return_entropy"], call["online_weight"],
+                        call["offline_weight"])
+
+
+# gro_loss's named options with their defaults (check_options sees them in **options).
+_CALL_DEFAULTS = dict(mask=None, online=None, grad_in_forward=None, online_weight=1.0, offline_weight=1.0,
+                      return_entropy=False, temperature=1.0, ignore_index=-100, backend="auto", chunk_size=None,
+                      process_group=None, vocab_start=None)
 
 
 def _row_kinds(cfg, online, batch, device):
     if cfg.rows != "mixed":
         if online is not None:
-            c.bool_tensor("online", online, (batch,))
+            _require_rows_match(cfg, c.bool_tensor("online", online, (batch,)))
         return torch.full((batch,), cfg.rows == "online", dtype=torch.bool, device=device)
     if online is None:
         raise ValueError(f"config {cfg.name!r} mixes online and offline rows and needs online= (bool per row: True "
                          "for rows with rewards/advantages, False for preference rows)")
     return c.bool_tensor("online", online, (batch,)).to(device)
+
+
+def _require_rows_match(cfg, online):
+    """online= on a config without mixed rows: accepted when it agrees with the config's rows (a trainer may
+    pass it always); a row it marks the other way would be silently treated as the config says."""
+    if not v.checking_values():
+        return
+    wrong = online != (cfg.rows == "online")
+    if bool(wrong.any()):
+        row = int(wrong.nonzero()[0, 0])
+        raise ValueError(f"online= marks row {row} as {'online' if bool(online[row]) else 'offline'}, but config "
+                         f"{cfg.name!r} has only {cfg.rows} rows; use a config with rows='mixed' for mixed batches")
 
 
 INPUT_NAMES = ("advantages", "rewards", "group_ids", "group_size", "baseline", "eps", "old_logprobs",

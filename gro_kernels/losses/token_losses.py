@@ -5,11 +5,11 @@ import torch
 
 from .. import _validate as v
 from . import checks as c
-from .config import TRL_LOSS_TYPES
+from .config import TRL_LOSS_TYPES, check_aggregation_counts, check_token_options, preference_config
 from ..ops.group_advantages import function as _adv
 from ..ops.kl import naive as _kl
 from ..ops.policy_loss import function as _pl
-from ..ops.policy_loss.token_terms import SURROGATES, TokenLossConfig
+from ..ops.policy_loss.token_terms import TokenLossConfig
 from ..ops.preference_loss import function as _pref
 
 ADVANTAGE_MODES = _adv.MODES
@@ -30,9 +30,12 @@ def group_advantages(rewards, *, group_ids=None, group_size=None, mode="grpo", e
     v.require_tensor("rewards", rewards)
     if rewards.dim() != 1 or not rewards.is_floating_point():
         raise ValueError(f"rewards must be a 1-D floating tensor [B], got {v.describe(rewards)}")
+    v.require_data("rewards", rewards)
     if mode not in ADVANTAGE_MODES:
         raise ValueError(f"mode must be one of {ADVANTAGE_MODES}, got {mode!r}")
+    _reject_unused_inputs(mode, mask=mask, token_kl=token_kl, kl_coef=kl_coef, baseline=baseline)
     v.require_positive_finite("eps", eps)
+    c.loss_ops_backend("rewards", rewards)
     batch = rewards.shape[0]
     c.no_nan_rows("rewards", rewards)
     index, groups = c.group_index(batch, group_ids, group_size, rewards.device)
@@ -42,8 +45,9 @@ def group_advantages(rewards, *, group_ids=None, group_size=None, mode="grpo", e
         v.require_tensor("mask", mask)
         if mask.dim() != 2 or mask.shape[0] != batch:
             raise ValueError(f"mask must be [B, T] with B = {batch} rows, got {v.describe(mask)}")
+        v.require_same_device("mask", mask, "rewards", rewards)
         mask = c.bool_tensor("mask", mask, mask.shape)
-        c.token_tensor("token_kl", token_kl, mask.shape)
+        c.token_tensor("token_kl", token_kl, mask.shape, device=rewards.device)
         c.nonneg("kl_coef", kl_coef)
         return _adv.reinforce_pp_advantages(rewards, mask, index=index, groups=groups, token_kl=token_kl,
                                             kl_coef=kl_coef, eps=eps)
@@ -60,6 +64,15 @@ def group_advantages(rewards, *, group_ids=None, group_size=None, mode="grpo", e
     return _adv.group_advantages(rewards, index, groups, mode, eps=eps, baseline=baseline, scale_rewards=scale_rewards)
 
 
+def _reject_unused_inputs(mode, **given):
+    """Inputs only some modes read: given to another mode they would be dropped without a word."""
+    users = {"mask": "reinforce_pp", "token_kl": "reinforce_pp", "kl_coef": "reinforce_pp", "baseline": "remax"}
+    for name, value in given.items():
+        unset = value is None or (name == "kl_coef" and value == 0.0)
+        if not unset and mode != users[name]:
+            raise ValueError(f"{name}= is used only by mode={users[name]!r}; mode={mode!r} would ignore it")
+
+
 def kl_penalty(logprobs, ref_logprobs, *, estimator="k3"):
     """Per-token sampled KL estimate from d = logprobs - ref_logprobs, differentiable in logprobs (fp32).
 
@@ -67,9 +80,12 @@ def kl_penalty(logprobs, ref_logprobs, *, estimator="k3"):
     full-vocabulary KL from hidden states is `exact_kl`.
     """
     v.require_tensor("logprobs", logprobs)
-    c.token_tensor("ref_logprobs", ref_logprobs, logprobs.shape)
     if not logprobs.is_floating_point():
         raise TypeError(f"logprobs must be floating, got {v.describe(logprobs)}")
+    v.require_data("logprobs", logprobs)
+    if ref_logprobs is None:
+        raise ValueError("ref_logprobs must be a tensor of logprobs' shape, got None")
+    c.token_tensor("ref_logprobs", ref_logprobs, logprobs.shape, device=logprobs.device)
     if estimator not in _kl.ESTIMATORS:
         raise ValueError(f"estimator must be one of {_kl.ESTIMATORS} (exact KL: gro_kernels.exact_kl), "
                          f"got {estimator!r}")
@@ -80,13 +96,14 @@ def _mask_2d(mask, logprobs):
     v.require_tensor("logprobs", logprobs)
     if logprobs.dim() != 2 or not logprobs.is_floating_point():
         raise ValueError(f"logprobs must be a floating [B, T] tensor, got {v.describe(logprobs)}")
+    v.require_data("logprobs", logprobs)
     if mask is None:
         return torch.ones(logprobs.shape, dtype=torch.bool, device=logprobs.device)
     return c.bool_tensor("mask", mask, logprobs.shape).to(logprobs.device)
 
 
 def policy_loss(logprobs, advantages, mask=None, *, old_logprobs=None, ref_logprobs=None, rollout_logprobs=None,
-                entropy=None, loss_type="grpo", surrogate="clip", epsilon=0.2, epsilon_low=None, epsilon_high=None,
+                entropy=None, loss_type="grpo", surrogate="clip", epsilon=None, epsilon_low=None, epsilon_high=None,
                 dual_clip=None, importance_sampling_level="token", beta=0.0, kl_estimator="k3", entropy_coef=0.0,
                 tis_cap=None, global_token_count=None, max_completion_length=None, num_sequences=None):
     """Scalar PPO-family policy loss of per-token logprobs [B, T] (docs/math.md §3), and metrics.
@@ -94,45 +111,68 @@ def policy_loss(logprobs, advantages, mask=None, *, old_logprobs=None, ref_logpr
     advantages [B] or [B, T]; mask [B, T] (bool/0-1; default all valid). Options (keyword):
     old_logprobs, ref_logprobs, rollout_logprobs, entropy ([B, T] each); loss_type (TRL: "grpo",
     "bnpo", "dr_grpo", "dapo", or "token_mean", "seq_mean_token_mean", "seq_mean_token_sum",
-    "seq_mean_token_sum_norm"); surrogate "clip" | "cispo" | "reinforce"; epsilon, epsilon_low,
-    epsilon_high (cispo: the ratio cap); dual_clip (c > 1); importance_sampling_level "token" |
-    "sequence" (GSPO) | "sequence_token"; beta (KL coefficient) and kl_estimator; entropy_coef;
-    tis_cap (truncated IS against rollout_logprobs); global_token_count (token_mean denominator for
-    gradient accumulation / data parallelism); max_completion_length (dr_grpo); num_sequences.
+    "seq_mean_token_sum_norm"); surrogate "clip" | "cispo" | "reinforce"; epsilon (default 0.2: both
+    bounds, as TRL) or epsilon_low (not both), epsilon_high (the upper bound; cispo: the ratio cap);
+    dual_clip (c > 1); importance_sampling_level "token" | "sequence" (GSPO) | "sequence_token"; beta
+    (KL coefficient, needs ref_logprobs) and kl_estimator; entropy_coef (needs entropy); tis_cap > 0
+    (truncated IS against rollout_logprobs); global_token_count (token_mean denominator for gradient
+    accumulation / data parallelism); max_completion_length (dr_grpo); num_sequences. The options are
+    checked by the same functions as gro_loss's (losses/config.py).
     Returns (loss 0-d fp32, metrics: dict of 0-d fp32 tensors ratio, clip_ratio_low, clip_ratio_high,
     clip_ratio, kl (with ref), entropy (with entropy), num_tokens). No host sync.
     """
     m = _mask_2d(mask, logprobs)
-    shape, batch = logprobs.shape, logprobs.shape[0]
+    shape, batch, device = logprobs.shape, logprobs.shape[0], logprobs.device
     adv = c.advantages_tensor(advantages, batch, shape)
+    v.require_same_device("advantages", adv, "logprobs", logprobs)
     for name, t in (("old_logprobs", old_logprobs), ("ref_logprobs", ref_logprobs),
                     ("rollout_logprobs", rollout_logprobs), ("entropy", entropy)):
-        c.token_tensor(name, t, shape)
+        c.token_tensor(name, t, shape, device=device)
     c.no_nan_rows("advantages", adv)
-    for name, value in (("epsilon", epsilon), ("epsilon_low", epsilon_low), ("epsilon_high", epsilon_high),
-                        ("beta", beta)):
-        c.epsilon_value(name, value)
+    cfg = _token_config(surrogate, epsilon, epsilon_low, epsilon_high, dual_clip, beta, kl_estimator, entropy_coef,
+                        tis_cap)
     aggregation = TRL_LOSS_TYPES.get(loss_type, loss_type)
     if aggregation not in _pl.AGGREGATIONS:
         raise ValueError(f"loss_type must be one of {sorted(TRL_LOSS_TYPES)} or {_pl.AGGREGATIONS}, got {loss_type!r}")
     if importance_sampling_level not in _pl.IS_LEVELS:
         raise ValueError(f"importance_sampling_level must be one of {_pl.IS_LEVELS}, got {importance_sampling_level!r}")
-    if surrogate not in SURROGATES:
-        raise ValueError(f"surrogate must be one of {SURROGATES}, got {surrogate!r}")
-    if beta and ref_logprobs is None:
-        raise ValueError("beta > 0 (KL penalty) needs ref_logprobs=")
-    if tis_cap is not None and rollout_logprobs is None:
-        raise ValueError("tis_cap (truncated importance sampling) needs rollout_logprobs=")
-    cfg = TokenLossConfig(surrogate=surrogate, epsilon_low=epsilon if epsilon_low is None else epsilon_low,
-                          epsilon_high=epsilon if epsilon_high is None else epsilon_high, dual_clip=dual_clip,
-                          kl_coef=float(beta), kl_estimator=kl_estimator, entropy_coef=float(entropy_coef),
-                          tis_cap=tis_cap)
-    scale = _pl.aggregation_scale(m, aggregation, global_token_count=global_token_count,
-                                  max_completion_length=max_completion_length, num_sequences=num_sequences)
+    counts = dict(global_token_count=global_token_count, max_completion_length=max_completion_length,
+                  num_sequences=num_sequences)
+    check_aggregation_counts(counts)
+    _require_term_inputs(cfg, ref_logprobs, rollout_logprobs, entropy)
+    c.loss_ops_backend("logprobs", logprobs)
+    scale = _pl.aggregation_scale(m, aggregation, **counts)
     loss, stats = _pl.policy_loss(logprobs, adv, m, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
                                   rollout_logprobs=rollout_logprobs, entropy=entropy, cfg=cfg,
                                   importance_sampling_level=importance_sampling_level, scale=scale)
     return loss, _pl.metrics(stats, entropy is not None, ref_logprobs is not None)
+
+
+def _token_config(surrogate, epsilon, epsilon_low, epsilon_high, dual_clip, beta, kl_estimator, entropy_coef,
+                  tis_cap) -> TokenLossConfig:
+    """policy_loss's options as a TokenLossConfig, through the checks gro_loss's objective also gets."""
+    if epsilon is not None and epsilon_low is not None:
+        raise ValueError(f"epsilon={epsilon!r} and epsilon_low={epsilon_low!r} both set the lower clip bound; "
+                         "pass one of them")
+    for name, value in (("epsilon", epsilon), ("beta", beta)):
+        c.epsilon_value(name, value)
+    eps = 0.2 if epsilon is None else epsilon
+    cfg = TokenLossConfig(surrogate=surrogate, epsilon_low=eps if epsilon_low is None else epsilon_low,
+                          epsilon_high=eps if epsilon_high is None else epsilon_high, dual_clip=dual_clip,
+                          kl_coef=beta, kl_estimator=kl_estimator, entropy_coef=entropy_coef, tis_cap=tis_cap)
+    check_token_options(cfg, names={"kl_coef": "beta"})
+    return cfg
+
+
+def _require_term_inputs(cfg, ref_logprobs, rollout_logprobs, entropy):
+    """A loss term switched on without its input would silently drop out of the loss."""
+    if cfg.kl_coef != 0 and ref_logprobs is None:
+        raise ValueError("beta > 0 (KL penalty) needs ref_logprobs=")
+    if cfg.tis_cap is not None and rollout_logprobs is None:
+        raise ValueError("tis_cap (truncated importance sampling) needs rollout_logprobs=")
+    if cfg.entropy_coef != 0 and entropy is None:
+        raise ValueError(f"entropy_coef={cfg.entropy_coef} (entropy bonus) needs entropy= (per-token entropy "
+                         "[B, T], e.g. linear_logprobs(..., return_entropy=True))")
 
 
 def preference_loss(logprobs, mask=None, *, loss_type="dpo", ref_logprobs=None, pair_ids=None, chosen=None,
@@ -145,25 +185,28 @@ def preference_loss(logprobs, mask=None, *, loss_type="dpo", ref_logprobs=None, 
     ref_logprobs [B, T] for dpo, ipo, kto. beta: the implicit-reward scale. Returns (loss, metrics).
     """
     m = _mask_2d(mask, logprobs)
-    batch = logprobs.shape[0]
-    if loss_type not in _pref.LOSSES:
-        raise ValueError(f"loss_type must be one of {_pref.LOSSES}, got {loss_type!r}")
-    v.require_positive_finite("beta", beta)
-    cfg = _pref.PreferenceConfig(loss=loss_type, beta=beta, **options)
+    batch, device = logprobs.shape[0], logprobs.device
+    cfg = preference_config(loss_type, beta, options)
     if loss_type in _pref.NEEDS_REFERENCE and ref_logprobs is None:
         raise ValueError(f"loss_type={loss_type!r} needs ref_logprobs=")
-    c.token_tensor("ref_logprobs", ref_logprobs, logprobs.shape)
+    c.token_tensor("ref_logprobs", ref_logprobs, logprobs.shape, device=device)
+    c.kto_z0_value(kto_z0)
     offline = torch.ones(batch, dtype=torch.bool, device=logprobs.device)
     if loss_type == "kto":
         if desirable is None:
             raise ValueError("loss_type='kto' needs desirable= (bool per row)")
+        v.require_tensor("desirable", desirable)
+        v.require_same_device("desirable", desirable, "logprobs", logprobs)
         desirable = c.bool_tensor("desirable", desirable, (batch,))
     else:
         if pair_ids is None or chosen is None:
             raise ValueError(f"loss_type={loss_type!r} needs pair_ids= and chosen= "
                              "(rows sharing a pair id form a pair)")
-        c.row_tensor("pair_ids", pair_ids, batch, floating=False)
+        c.row_tensor("pair_ids", pair_ids, batch, floating=False, device=device)
+        v.require_tensor("chosen", chosen)
+        v.require_same_device("chosen", chosen, "logprobs", logprobs)
         chosen = c.bool_tensor("chosen", chosen, (batch,))
         c.check_pairs(pair_ids, chosen, offline)
     return _pref.preference_loss(logprobs, m, ref_logprobs, offline, cfg, pair_ids=pair_ids, chosen=chosen,
                                  desirable=desirable, kto_z0=kto_z0)
+

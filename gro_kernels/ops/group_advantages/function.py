@@ -5,7 +5,11 @@ handle ragged groups without a Python loop over groups or a host sync (except th
 whether rows come group by group). The torch path takes means around the group minimum and the
 kernels sum in double (native) or around the minimum (Triton), so identical rewards give deviations
 of exactly 0 everywhere (a plain fp32 sum / n can be off by an ulp, which the division by a tiny std
-would turn into a visible advantage). select_impl tells which implementation runs.
+would turn into a visible advantage). Sums of squares are taken on rewards divided by a power of two
+near the group's (or batch's) largest |r| (pow2_scale): an exact rescaling, so the results are bitwise
+those of the plain formulas wherever those do not overflow, and rewards up to the fp32 range (~1e19 and
+beyond, whose squares overflow fp32) still get their advantages instead of 0. select_impl tells which
+implementation runs.
 """
 
 import functools
@@ -92,7 +96,7 @@ def segmented_advantages(kernel, rewards, index, groups: int, mode: str, *, eps:
         order = torch.argsort(index, stable=True)
         out = torch.empty_like(r).index_copy_(0, order, kernel(r[order], offsets, kernel_mode, eps=eps))
     if mode == "grpo" and scale_rewards == "batch":
-        out = out / (_batch_std(r) + eps)
+        out = _over_std(out, *_batch_std(r), eps)
     return out
 
 
@@ -100,14 +104,40 @@ def _segment_sum(values, index, groups):
     return torch.zeros(groups, dtype=values.dtype, device=values.device).index_add_(0, index, values)
 
 
+def pow2_scale(absmax):
+    """The power of two at or below each fp32 |x| (its exponent bits), 1 for 0, subnormals and inf. Dividing
+    by it is exact, and it brings |x| into [1, 2): the squares of values a few times that size cannot
+    overflow, where x^2 does for |x| > ~1.8e19."""
+    scale = (absmax.to(torch.float32).contiguous().view(torch.int32) & 0x7F800000).view(torch.float32)
+    return torch.where((scale > 0) & torch.isfinite(scale), scale, 1.0)
+
+
+def _finite_extreme(values, reduce: str, empty: float):
+    """amax / amin of all values, `empty` when there are none (torch refuses the reduction of an empty tensor)."""
+    padded = torch.cat([values.reshape(-1), values.new_full((1,), empty)])
+    return padded.amax() if reduce == "amax" else padded.amin()
+
+
+def _over_std(x, std_scaled, scale, eps):
+    """x / (std + eps) with std = std_scaled * scale, computed as (x / scale) / (std_scaled + eps / scale): the
+    same bits when nothing overflows, and std itself need not be representable. 0 where the denominator is 0
+    (then every deviation is 0 too: all rewards equal, an eps that underflowed)."""
+    den = std_scaled + eps / scale
+    return torch.where(den > 0, (x / scale) / torch.where(den > 0, den, 1.0), 0.0)
+
+
 def _group_centered(r, index, groups):
-    """(r_i - mean_g r, group size n_g per row, per-group min) with exact zeros for equal rewards."""
+    """(r_i - mean_g r in units of scale_g, group size n_g per row, scale_g per row) with exact zeros for
+    equal rewards: scale_g is pow2_scale of the group's largest |r|, so nothing below overflows."""
+    big = torch.zeros(groups, dtype=r.dtype, device=r.device).scatter_reduce(0, index, r.abs(), reduce="amax")
+    scale = pow2_scale(big)[index]
+    r = r / scale
     low = torch.full((groups,), float("inf"), dtype=r.dtype, device=r.device)
     low = low.scatter_reduce(0, index, r, reduce="amin")
     shifted = r - low[index]
     counts = _segment_sum(torch.ones_like(r), index, groups)
     mean_shift = _segment_sum(shifted, index, groups) / counts.clamp(min=1.0)
-    return shifted - mean_shift[index], counts[index]
+    return shifted - mean_shift[index], counts[index], scale
 
 
 def torch_advantages(rewards, index, groups: int, mode: str, *, eps: float, baseline=None,
@@ -118,31 +148,32 @@ def torch_advantages(rewards, index, groups: int, mode: str, *, eps: float, base
         return r.clone()
     if mode == "remax":
         return r - baseline.to(torch.float32)
-    centered, n = _group_centered(r, index, groups)
+    centered, n, scale = _group_centered(r, index, groups)
     if mode == "dr_grpo":
-        return centered
+        return centered * scale
     single = n <= 1
     if mode == "rloo":  # r_i - mean of the others = n / (n - 1) (r_i - mean)
-        return torch.where(single, 0.0, centered * n / (n - 1.0).clamp(min=1.0))
+        return torch.where(single, 0.0, centered * n / (n - 1.0).clamp(min=1.0) * scale)
     if mode != "grpo":
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if scale_rewards == "none":
-        return torch.where(single, 0.0, centered)
+        return torch.where(single, 0.0, centered * scale)
     if scale_rewards == "batch":
-        std = _batch_std(r)
-    elif scale_rewards == "group":
-        var = _segment_sum(centered.square(), index, groups)[index] / (n - 1.0).clamp(min=1.0)
-        std = var.sqrt()
-    else:
-        raise ValueError(f"scale_rewards must be one of {SCALES}, got {scale_rewards!r}")
-    return torch.where(single, 0.0, centered / (std + eps))
+        return torch.where(single, 0.0, _over_std(centered * scale, *_batch_std(r), eps))
+    if scale_rewards == "group":
+        std = (_segment_sum(centered.square(), index, groups)[index] / (n - 1.0).clamp(min=1.0)).sqrt()
+        return torch.where(single, 0.0, _over_std(centered, std, 1.0, eps / scale))
+    raise ValueError(f"scale_rewards must be one of {SCALES}, got {scale_rewards!r}")
 
 
 def _batch_std(r):
-    """Unbiased std of the whole batch, centred around the minimum first (exact 0 for equal rewards)."""
-    centered = r - r.min()
+    """Unbiased std of the whole batch as (std / scale, scale), centred around the minimum first (exact 0 for
+    equal rewards); scale = pow2_scale of the largest |r|."""
+    scale = pow2_scale(_finite_extreme(r.abs(), "amax", 0.0))
+    x = r / scale
+    centered = x - _finite_extreme(x, "amin", 0.0)
     centered = centered - centered.mean()
-    return (centered.square().sum() / max(r.numel() - 1, 1)).sqrt()
+    return (centered.square().sum() / max(r.numel() - 1, 1)).sqrt(), scale
 
 
 def reinforce_pp_advantages(rewards, mask, *, index=None, groups=0, token_kl=None, kl_coef: float = 0.0,
@@ -152,18 +183,21 @@ def reinforce_pp_advantages(rewards, mask, *, index=None, groups=0, token_kl=Non
     m = mask.to(torch.bool)
     r = rewards.to(torch.float32)
     if index is not None:
-        r, _ = _group_centered(r, index, groups)
+        centered, _, scale = _group_centered(r, index, groups)
+        r = centered * scale
     ret = r.unsqueeze(1).expand(m.shape)
     if token_kl is not None and kl_coef != 0.0:
         k = torch.where(m, token_kl.to(torch.float32), 0.0)
         tail = k.flip(1).cumsum(1).flip(1)  # sum over s >= t
         ret = ret - kl_coef * tail
-    fm = m.to(torch.float32)
-    count = fm.sum()
-    low = torch.where(m, ret, float("inf")).amin()
+    count = m.to(torch.float32).sum()
+    # Whitened in units of a power of two near the largest |return| (see pow2_scale); an empty batch has none.
+    scale = pow2_scale(_finite_extreme(torch.where(m, ret.abs(), 0.0), "amax", 0.0))
+    ret = ret / scale
+    low = _finite_extreme(torch.where(m, ret, float("inf")), "amin", float("inf"))
     low = torch.where(count > 0, low, 0.0)
     shifted = torch.where(m, ret - low, 0.0)
     centered = shifted - shifted.sum() / count.clamp(min=1.0)
     var = torch.where(m, centered, 0.0).square().sum() / (count - 1.0).clamp(min=1.0)
-    out = torch.where(m & (count > 1), centered / (var.sqrt() + eps), 0.0)
+    out = torch.where(m & (count > 1), _over_std(centered, var.sqrt(), 1.0, eps / scale), 0.0)
     return out

@@ -17,6 +17,18 @@ from .token_terms import KL_ESTIMATORS, LOG_RATIO_CLAMP, SURROGATES, TokenLossCo
 BLOCK = 1024
 NUM_WARPS = 4
 _RATIO_CLAMP = tl.constexpr(LOG_RATIO_CLAMP)
+# torch.clamp / torch.minimum pass NaN through; tl.minimum / tl.maximum drop it by default (a NaN log ratio
+# would become -20 and vanish from the loss). Every min/max of a value here propagates NaN, as in torch.
+
+
+@triton.jit
+def _min(x, y):
+    return tl.minimum(x, y, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _max(x, y):
+    return tl.maximum(x, y, propagate_nan=tl.PropagateNan.ALL)
 
 
 @triton.jit
@@ -47,24 +59,24 @@ def _policy_token_kernel(lp_ptr, adv_ptr, scale_ptr, mask_ptr, old_ptr, ref_ptr,
     ok = offs < n
     valid = ok & (tl.load(mask_ptr + offs, mask=ok, other=0) != 0)
     l = tl.where(valid, tl.load(lp_ptr + offs, mask=ok, other=0.0).to(tl.float32), 0.0)
+    zero = tl.zeros((BLOCK,), tl.float32)
     old = l
+    r = zero  # without old logprobs: l - sg(l), exactly 0 (as token_terms: also for a NaN l)
     if HAS_OLD:
         old = tl.where(valid, tl.load(old_ptr + offs, mask=ok, other=0.0).to(tl.float32), 0.0)
+        r = l - old
     if HAS_LOG_RATIO:
         r = tl.load(ratio_ptr + offs, mask=ok, other=0.0).to(tl.float32)
-    else:
-        r = l - old  # 0 without old logprobs: l - sg(l)
     in_clamp = (r >= -_RATIO_CLAMP) & (r <= _RATIO_CLAMP)
-    rho = tl.exp(tl.minimum(tl.maximum(r, -_RATIO_CLAMP), _RATIO_CLAMP))
+    rho = tl.exp(_min(_max(r, -_RATIO_CLAMP), _RATIO_CLAMP))
     adv = tl.where(valid, tl.load(adv_ptr + offs, mask=ok, other=0.0).to(tl.float32), 0.0)
-    zero = tl.zeros((BLOCK,), tl.float32)
     d_rho = zero
     if SURROGATE == 0:
         lo = 1.0 - eps_low
         hi = 1.0 + eps_high
         unclipped = rho * adv
-        clipped = tl.minimum(tl.maximum(rho, lo), hi) * adv
-        pg = -tl.minimum(unclipped, clipped)
+        clipped = _min(_max(rho, lo), hi) * adv
+        pg = -_min(unclipped, clipped)
         passes = (unclipped <= clipped) | ((rho >= lo) & (rho <= hi))
         d_rho = tl.where(passes, -adv, 0.0)
         if USE_DUAL_CLIP:
@@ -76,19 +88,19 @@ def _policy_token_kernel(lp_ptr, adv_ptr, scale_ptr, mask_ptr, old_ptr, ref_ptr,
         clip_low = (rho < lo) & (adv < 0)
         clip_high = (rho > hi) & (adv > 0)
     elif SURROGATE == 1:
-        d_l = -tl.minimum(rho, eps_high) * adv
+        d_l = -_min(rho, eps_high) * adv
         pg = d_l * l
-        clip_low = rho != rho  # all false, NaN-free rho
+        clip_low = zero != zero  # all false (rho may be NaN, so not rho != rho)
         clip_high = (rho > eps_high) & (adv > 0)
     else:
         d_l = -adv
         pg = d_l * l
-        clip_low = rho != rho
-        clip_high = rho != rho
+        clip_low = zero != zero
+        clip_high = zero != zero
     d_r = tl.where(in_clamp, d_rho * rho, 0.0)
     if USE_TIS:
         rollout = tl.where(valid, tl.load(rollout_ptr + offs, mask=ok, other=0.0).to(tl.float32), 0.0)
-        tis = tl.minimum(tl.exp(old - rollout), tis_cap)
+        tis = _min(tl.exp(old - rollout), tis_cap)
         pg = pg * tis
         d_r = d_r * tis
         d_l = d_l * tis

@@ -67,3 +67,34 @@ def test_reinforce_pp_degenerate_batches_are_zero_not_nan():
     assert torch.equal(gro_kernels.group_advantages(torch.randn(3), mode="reinforce_pp", mask=mask), torch.zeros(3, 4))
     mask[0, 0] = True  # one valid token: nothing to whiten against
     assert torch.equal(gro_kernels.group_advantages(torch.randn(3), mode="reinforce_pp", mask=mask), torch.zeros(3, 4))
+
+
+LARGE = torch.tensor([0.0, 1e19, 2e19, 3e19, 5.0, -1.5e38, 1.5e38, 1.0])
+LARGE_IDS = torch.tensor([0, 0, 0, 0, 1, 2, 2, 2])
+
+
+@pytest.mark.parametrize("backend", ["naive", "auto"])  # naive: the torch ops; auto on CPU: the native op
+@pytest.mark.parametrize("mode,scale_rewards", [("grpo", "group"), ("grpo", "batch"), ("grpo", "none"),
+                                                ("dr_grpo", "group"), ("rloo", "group")])
+def test_large_rewards_keep_their_advantages(monkeypatch, backend, mode, scale_rewards):
+    """fp32 squares of rewards ~1e19 overflow: the torch path's group std came out inf, its advantages 0."""
+    monkeypatch.setenv("GRO_BACKEND", backend)
+    out = gro_kernels.group_advantages(LARGE, group_ids=LARGE_IDS, mode=mode, scale_rewards=scale_rewards)
+    expected = group_advantages_naive(LARGE, LARGE_IDS, mode, scale_rewards=scale_rewards)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-6 * expected.abs().max().item())
+    assert torch.isfinite(out).all() and (out[:4] != 0).all()
+
+
+def test_large_rewards_reinforce_pp():
+    r = torch.tensor([1e19, 2e19, 4e19, 8e19])
+    mask = torch.ones(4, 3, dtype=torch.bool)
+    out = gro_kernels.group_advantages(r, mode="reinforce_pp", mask=mask)
+    torch.testing.assert_close(out.double(), reinforce_pp_naive(r, mask), rtol=1e-5, atol=1e-6)
+    assert (out != 0).all()
+
+
+def test_empty_batch_gives_empty_advantages():
+    for mode in ("grpo", "rloo", "dr_grpo"):
+        assert gro_kernels.group_advantages(torch.zeros(0), group_size=[], mode=mode).shape == (0,)
+    out = gro_kernels.group_advantages(torch.zeros(0), mode="reinforce_pp", mask=torch.ones(0, 5, dtype=torch.bool))
+    assert out.shape == (0, 5)

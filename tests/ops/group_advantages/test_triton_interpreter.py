@@ -47,3 +47,16 @@ def test_bad_mode():
     rewards, _, _ = _ragged()
     with pytest.raises(ValueError, match="mode"):
         triton_impl.segmented_advantages(rewards, torch.tensor([0, rewards.numel()]), "bogus")
+
+
+@pytest.mark.parametrize("mode,scale", [("grpo", "group"), ("grpo", "batch"), ("grpo", "none"),
+                                        ("dr_grpo", "group"), ("rloo", "group")])
+def test_large_rewards_keep_their_advantages(mode, scale):
+    """Rewards ~1e19: their fp32 squares overflow, and the group std used to come out inf (advantages 0)."""
+    rewards = torch.tensor([0.0, 1e19, 2e19, 3e19, 5.0, -1.5e38, 1.5e38, 1.0])
+    index = torch.tensor([0, 0, 0, 0, 1, 2, 2, 2])
+    got = function.segmented_advantages(triton_impl.segmented_advantages, rewards, index, 3, mode, eps=1e-6,
+                                        scale_rewards=scale)
+    ref = naive.group_advantages_naive(rewards, index, mode, eps=1e-6, scale_rewards=scale)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-6 * ref.abs().max().item())
+    assert torch.isfinite(got).all() and (got[:4] != 0).all()

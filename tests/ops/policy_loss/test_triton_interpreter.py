@@ -89,3 +89,28 @@ def test_empty_input_and_bad_option():
     assert out.loss.shape == (0,) and out.extras.shape == (0, 4)
     with pytest.raises(ValueError, match="surrogate"):
         _run(triton_impl.policy_token_terms, _batch(), TokenLossConfig(surrogate="nope"), dict())
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_nan_in_a_live_row_gives_nan_like_torch(name):
+    """tl.minimum / tl.maximum drop NaN by default: a NaN log ratio used to be clamped to -20 and vanish from
+    the loss. It must stay NaN on the token (as token_terms gives), and masked rows must stay 0."""
+    cfg, use = CONFIGS[name]
+    b = _batch(2)
+    live = int(b["mask"].nonzero()[0, 0])
+    dead = int((~b["mask"]).nonzero()[0, 0])
+    for key in ("old", "ratio", "rollout"):
+        b[key] = b[key].clone()
+        b[key][live] = b[key][dead] = float("nan")
+    b["lp"] = b["lp"].clone()
+    b["lp"][live + 1] = float("nan")  # a NaN current logprob too (used without old logprobs)
+    b["mask"][live + 1] = True
+    got = _run(triton_impl.policy_token_terms, b, cfg, use)
+    ref = _run(token_terms.policy_token_terms, b, cfg, use)
+    for field in token_terms.TokenTerms._fields:
+        a, r = getattr(got, field), getattr(ref, field)
+        if r is not None:
+            torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-6, equal_nan=True, msg=lambda m: f"{field}: {m}")
+    assert got.loss[dead] == 0
+    if use.get("old") or use.get("ratio"):
+        assert torch.isnan(got.loss[live]) and torch.isnan(got.loss.sum())
