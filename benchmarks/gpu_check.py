@@ -119,8 +119,9 @@ CSV_KEYS = ("family", "model", "N", "H", "V", "dtype", "method", "backend", "sec
             "x_gemms", "peak_mib", "extra_mib", "loss_rel_diff", "status", "note")
 
 
-class Interrupted(Exception):
-    """SIGTERM / SIGINT: stop measuring, write what there is."""
+class Interrupted(BaseException):
+    """SIGTERM / SIGINT: stop measuring, write what there is. A BaseException, so that the handlers that keep
+    the run going past one failing method or peer (`except Exception`) do not swallow it."""
 
 
 class Report:
