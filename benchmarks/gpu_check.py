@@ -22,7 +22,8 @@ Nothing is installed (the preinstalled torch and Triton are used; no network). S
      run that is killed keeps what it measured (checks not reached read "SKIP - not reached").
 
 Environment: GRO_GPU_CHECK_BUDGET_S (default 480: the whole run, build included; work that would not fit is
-skipped with a note), GRO_GPU_CHECK_OUT, GRO_GPU_CHECK_DRY=1.
+skipped with a note), GRO_GPU_CHECK_OUT (on a borrowed machine, a folder that comes back, e.g. $OUT/gpu),
+GRO_GPU_CHECK_DRY=1.
 
 Dry run (GRO_GPU_CHECK_DRY=1, no GPU needed): no build (the extension already built here is used), device
 tests with GRO_TEST_DEVICE=cpu, the same benchmark code at tiny shapes in fp32 on CPU tensors, timed with
