@@ -4,7 +4,7 @@ PIP = $(PY) -m pip
 TORCH_PIN ?= torch==2.14.1
 PYTEST = $(PY) -m pytest
 
-.PHONY: setup setup-peers test test-main test-interpreter test-aot bench demo
+.PHONY: setup setup-peers test test-main test-interpreter test-aot bench demo gpu-check
 
 setup:
 	$(PIP) install -q $(TORCH_PIN) numpy ninja
@@ -37,3 +37,10 @@ bench: setup setup-peers
 # runs/demo_sort/metrics.jsonl and runs/demo_sort/curves.png.
 demo: setup
 	$(PY) -m gro_kernels.trainer.cli --config examples/demo_sort.yaml
+
+# GPU check (benchmarks/gpu_check.py, <= 8 minutes on one GPU; installs nothing, uses the preinstalled torch):
+# builds the extension for the device, runs tests/device on it and the bf16 benchmarks at real LM-head shapes;
+# results in benchmarks/results/gpu/ (GRO_GPU_CHECK_OUT). GRO_GPU_CHECK_DRY=1: the CPU dry run (< 2 minutes,
+# results in build/gpu_check_dry/). GRO_GPU_CHECK_BUDGET_S: the time budget (default 480).
+gpu-check:
+	GRO_GPU_CHECK_DRY=$(GRO_GPU_CHECK_DRY) $(PY) -m benchmarks.gpu_check

@@ -28,3 +28,14 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def device():
+    """The device of the tests/device parity tests: GRO_TEST_DEVICE (default "cpu"; e.g. "cuda" on a GPU
+    machine, as `make gpu-check` runs them). Asking for a device that is absent is an error, not a skip,
+    so a GPU run that silently fell back to nothing cannot pass."""
+    dev = torch.device(os.environ.get("GRO_TEST_DEVICE", "cpu"))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        pytest.fail(f"GRO_TEST_DEVICE={dev} but torch.cuda.is_available() is False")
+    return dev
