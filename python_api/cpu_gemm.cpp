@@ -42,16 +42,28 @@ bool lowp_gemm_available(c10::string_view dtype) {
   return has_micro_kernel(type) || has_mkl(type);
 }
 
-// MKL path: b may be row-major [K, N] or a transposed view of a row-major [N, K].
+bool is_transposed(const at::Tensor& t) { return t.stride(1) != 1 && t.stride(0) == 1; }
+
+// A matrix operand as MKL takes it: (row-major data, its leading dimension, transposed?).
+struct MklOperand {
+  at::Tensor data;
+  int ld;
+  int trans;
+};
+
+MklOperand mkl_operand(const at::Tensor& t) {
+  if (is_transposed(t)) return {t, static_cast<int>(t.stride(1)), kCblasTrans};
+  const at::Tensor rows = t.stride(1) == 1 ? t : t.contiguous();
+  return {rows, static_cast<int>(rows.stride(0)), kCblasNoTrans};
+}
+
+// MKL path: a and b may each be row-major or a transposed view of a row-major matrix.
 void mkl_gemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out, bool accumulate) {
-  const bool b_transposed = b.stride(1) != 1;
-  const at::Tensor bb = (b_transposed ? b.stride(0) == 1 : true) ? b : b.contiguous();
-  const int ldb = static_cast<int>(b_transposed ? bb.stride(1) : bb.stride(0));
+  const MklOperand ma = mkl_operand(a), mb = mkl_operand(b);
   const auto gemm = a.scalar_type() == at::kBFloat16 ? cblas_gemm_bf16bf16f32 : cblas_gemm_f16f16f32;
-  gemm(kCblasRowMajor, kCblasNoTrans, b_transposed ? kCblasTrans : kCblasNoTrans, static_cast<int>(out.size(0)),
-       static_cast<int>(out.size(1)), static_cast<int>(a.size(1)), 1.0f,
-       static_cast<const uint16_t*>(a.data_ptr()), static_cast<int>(a.stride(0)),
-       static_cast<const uint16_t*>(bb.data_ptr()), ldb, accumulate ? 1.0f : 0.0f, out.data_ptr<float>(),
+  gemm(kCblasRowMajor, ma.trans, mb.trans, static_cast<int>(out.size(0)), static_cast<int>(out.size(1)),
+       static_cast<int>(a.size(1)), 1.0f, static_cast<const uint16_t*>(ma.data.data_ptr()), ma.ld,
+       static_cast<const uint16_t*>(mb.data.data_ptr()), mb.ld, accumulate ? 1.0f : 0.0f, out.data_ptr<float>(),
        static_cast<int>(out.stride(0)));
 }
 
@@ -98,13 +110,17 @@ void mm_lowp_f32(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b
                   (a.scalar_type() == at::kBFloat16 || a.scalar_type() == at::kHalf),
               "gro_C: mm_lowp_f32_ needs a and b both bfloat16 or both float16, got ", a.scalar_type(), " and ",
               b.scalar_type());
-  TORCH_CHECK(out.scalar_type() == at::kFloat && out.stride(1) == 1 && a.stride(1) == 1,
-              "gro_C: mm_lowp_f32_ needs an fp32 out and a with unit column strides");
-  if (!has_micro_kernel(a.scalar_type())) {
+  TORCH_CHECK(out.scalar_type() == at::kFloat && out.stride(1) == 1, "gro_C: mm_lowp_f32_ needs an fp32 out with "
+              "unit column stride");
+  // A transposed operand (e.g. the head's W^T) would need a transposing copy before the micro-kernel
+  // (it packs row-major B and reads row-major A); MKL reads it as it is.
+  const bool transposed = is_transposed(a) || is_transposed(b);
+  if (!has_micro_kernel(a.scalar_type()) || (transposed && has_mkl(a.scalar_type()))) {
     TORCH_CHECK(has_mkl(a.scalar_type()), "gro_C: no ", a.scalar_type(), " GEMM with an fp32 result on this CPU");
     mkl_gemm(a, b, out, accumulate);
     return;
   }
+  TORCH_CHECK(a.stride(1) == 1, "gro_C: mm_lowp_f32_ needs a with unit column stride (no MKL on this CPU)");
   const int64_t k = a.size(1), k_even = k - (k % 2);
   if (k_even > 0) {
     if (a.scalar_type() == at::kBFloat16) {

@@ -224,6 +224,7 @@ def gro_loss(hidden, weight, targets, bias=None, *, preset=None, config=None, ma
         m = m & c.bool_tensor("mask", mask, shape).to(device)
         # Masked tokens are not scored at all: the primitive and the reference stream skip their rows.
         targets = torch.where(m, targets, ignore_index)
+        head = head._replace(targets=targets.reshape(-1).to(torch.int64))
     online = _row_kinds(cfg, online, batch, device)
     m_on = m & online.unsqueeze(1)
     want_entropy = bool(return_entropy) or cfg.entropy_coef != 0.0

@@ -6,38 +6,34 @@ KL per row. Backward recomputes both chunks' logits (2 GEMMs), turns the policy 
 in place, then feeds the dhidden and dweight GEMMs (6 GEMMs in all, the reference gets no gradient).
 """
 
-import os
-
 import torch
+
+from ..common.chunk_buffer import ChunkBuffer, lowp_gemm_available, mm_f32
+from ..common.chunking import env_chunk_size
 
 # Target logits per buffer: 2^23 fp32 values = 32 MiB each, two buffers (policy, reference) per chunk.
 _BUFFER_ELEMENTS = 1 << 23
 
 
 def default_chunk_size(n_rows: int, vocab: int) -> int:
-    env = os.environ.get("GRO_CHUNK_SIZE")
-    if env:
-        return max(1, int(env))
+    env = env_chunk_size()
+    if env is not None:
+        return env
     return max(1, min(n_rows, max(16, _BUFFER_ELEMENTS // max(vocab, 1))))
 
 
 class _Buffers:
-    """Two [rows, V] logit buffers in the input dtype, plus fp32 copies for low-precision inputs."""
+    """The policy and the reference chunk buffers (ops/common/chunk_buffer.py: fp32 logits whatever the
+    input dtype). Token-major on every device: the torch epilogue reduces along contiguous rows, so its
+    summation order does not depend on the chunk size."""
 
     def __init__(self, rows, vocab, dtype, device):
-        self.cast = dtype != torch.float32
-        self.z = [torch.empty(rows, vocab, dtype=dtype, device=device) for _ in range(2)]
-        self.z32 = [torch.empty(rows, vocab, dtype=torch.float32, device=device) for _ in range(2)] \
-            if self.cast else self.z
+        self.heads = [ChunkBuffer(rows, vocab, dtype, device, vocab_major=False) for _ in range(2)]
 
     def logits(self, which, hidden_rows, weight, bias):
-        """fp32 logits of the rows (which = 0 policy, 1 reference), in buffer `which`."""
-        out = self.z[which][: hidden_rows.shape[0]]
-        if bias is None:
-            torch.mm(hidden_rows, weight.t(), out=out)
-        else:
-            torch.addmm(bias, hidden_rows, weight.t(), out=out)
-        return self.z32[which][: out.shape[0]].copy_(out) if self.cast else out
+        """fp32 logits [rows, V] of the rows (which = 0 policy, 1 reference), in buffer `which`."""
+        buffer = self.heads[which]
+        return buffer.as_fp32(buffer.logits(hidden_rows, weight, bias))
 
 
 def _log_softmax_(z, inv_tau):
@@ -95,6 +91,7 @@ def backward(grad_kl, hidden, weight, bias, ref_hidden, ref_weight, ref_bias, ma
     if n > 0 and (needs_hidden or needs_weight or needs_bias):
         rows = min(chunk_size, n)
         buffers = _Buffers(rows, vocab, hidden.dtype, hidden.device)
+        fp32_gemm = lowp_gemm_available(hidden.dtype, hidden.device)
         for start in range(0, n, rows):
             end = min(start + rows, n)
             rows_h = hidden[start:end]
@@ -102,11 +99,13 @@ def backward(grad_kl, hidden, weight, bias, ref_hidden, ref_weight, ref_bias, ma
             zq = buffers.logits(1, ref_hidden[start:end], ref_weight, ref_bias)
             _backward_epilogue(zp, zq, inv_temperature, lse_p[start:end], lse_q[start:end], kl[start:end],
                                grad_kl[start:end], None if mask is None else mask[start:end])
-            g = buffers.z[0][: end - start].copy_(zp) if buffers.cast else zp
+            g = buffers.heads[0].operand(zp, zp)  # dLoss/dz in the input dtype, for the GEMMs
             if needs_hidden:
                 torch.mm(g, weight, out=d_hidden[start:end])
-            if needs_weight:
-                d_weight.add_(torch.mm(g.t(), rows_h)) if buffers.cast else d_weight.addmm_(g.t(), rows_h)
+            if needs_weight and fp32_gemm:
+                mm_f32(d_weight, g.t(), rows_h, accumulate=True)
+            elif needs_weight:
+                d_weight.add_(torch.mm(g.t(), rows_h)) if g.dtype != torch.float32 else d_weight.addmm_(g.t(), rows_h)
             if needs_bias:
                 d_bias.add_(zp.sum(0))
     cast = (lambda t: t if t is None else t.to(hidden.dtype))

@@ -7,11 +7,10 @@ turns them into dLoss/dlogits in place, then feeds the dhidden and dweight GEMMs
 random upstream gradient that is the minimum of four GEMMs per step.
 """
 
-import os
-
 import torch
 
-from ..common.gemm import lowp_gemm_available, mm_f32
+from ..common.chunking import env_chunk_size
+from ..common.chunk_buffer import ChunkBuffer, lowp_gemm_available, mm_f32
 from . import epilogues
 
 # Target logits per chunk buffer: 2^24 fp32 values = 64 MiB. Large enough that the GEMMs of a
@@ -20,81 +19,11 @@ _BUFFER_ELEMENTS = 1 << 24
 
 
 def default_chunk_size(n_rows: int, vocab: int) -> int:
-    env = os.environ.get("GRO_CHUNK_SIZE")
-    if env:
-        return max(1, int(env))
+    env = env_chunk_size()
+    if env is not None:
+        return env
     rows = max(16, _BUFFER_ELEMENTS // max(vocab, 1))
     return max(1, min(n_rows, rows))
-
-
-class ChunkBuffer:
-    """The bounded logits buffer of a chunk loop, and the GEMM that fills it.
-
-    Layout: on CPU the chunk is computed as W h^T into a [V, rows] buffer and used through its
-    transpose (a vocab-major [rows, V] view): the CPU BLAS (MKL) writes that layout as fast as one
-    unchunked GEMM, the token-major [rows, V] one ~10% slower (N 4096, H 1024, V 32000, rows 512:
-    0.94 s vs 0.83 s for the logits of all chunks), and the dhidden/dW GEMMs read either layout at
-    full speed. The native CPU epilogues take both layouts. Elsewhere (cuBLAS) it is token-major.
-
-    Precision: the logits are fp32 whatever the input dtype (docs/math.md §6). bf16/fp16 inputs go
-    through a 16-bit GEMM with an fp32 result (mm_f32) where one exists; otherwise the GEMM rounds to
-    the input dtype and the chunk is copied into an fp32 scratch (the only path that rounds logits).
-    The gradient GEMMs read a 16-bit copy of dLoss/dlogits (`operand`), as cuBLAS/oneDNN want.
-    """
-
-    def __init__(self, rows, vocab, dtype, device):
-        self.vocab, self.rows, self.dtype = vocab, rows, dtype
-        device = torch.device(device)
-        self.vocab_major = device.type == "cpu"
-        self.fp32_logits = dtype == torch.float32 or lowp_gemm_available(dtype, device)
-        self.storage = torch.empty(rows * vocab, dtype=torch.float32 if self.fp32_logits else dtype, device=device)
-        # fp32 logits: a 16-bit copy of the gradient for the dhidden/dW GEMMs, made on first use (backward only).
-        # Rounded logits: an fp32 scratch for the epilogue.
-        self.other = None
-        if not self.fp32_logits:
-            self.other = torch.empty(rows * vocab, dtype=torch.float32, device=device)
-
-    def _view(self, storage, rows):
-        if self.vocab_major:
-            return storage[: rows * self.vocab].view(self.vocab, rows).t()
-        return storage[: rows * self.vocab].view(rows, self.vocab)
-
-    def logits(self, hidden_rows, weight, bias):
-        """z [rows, V] = hidden_rows @ weight^T (+ bias), a view of the buffer (fp32 unless it must round)."""
-        out = self._view(self.storage, hidden_rows.shape[0])
-        if self.fp32_logits and self.dtype != torch.float32:
-            if self.vocab_major:
-                mm_f32(out.t(), weight, hidden_rows.t())
-            else:
-                mm_f32(out, hidden_rows, weight.t())
-            return out if bias is None else out.add_(bias)
-        if self.vocab_major:
-            zt = out.t()  # [V, rows], contiguous
-            if bias is None:
-                torch.mm(weight, hidden_rows.t(), out=zt)
-            else:
-                torch.addmm(bias.unsqueeze(1), weight, hidden_rows.t(), out=zt)
-            return out
-        if bias is None:
-            return torch.mm(hidden_rows, weight.t(), out=out)
-        return torch.addmm(bias, hidden_rows, weight.t(), out=out)
-
-    def as_fp32(self, z):
-        """The chunk as fp32 for the epilogue (a copy into the scratch only where the GEMM rounded)."""
-        if z.dtype == torch.float32:
-            return z
-        return self._view(self.other, z.shape[0]).copy_(z)
-
-    def operand(self, z, z32):
-        """The fp32 chunk z32 (epilogue output) as the gradient GEMMs' operand in the input dtype, written
-        into the buffer's 16-bit storage (z itself when the logits were rounded)."""
-        if self.dtype == torch.float32:
-            return z32
-        if not self.fp32_logits:
-            return z.copy_(z32)
-        if self.other is None:
-            self.other = torch.empty(self.rows * self.vocab, dtype=self.dtype, device=self.storage.device)
-        return self._view(self.other, z32.shape[0]).copy_(z32)
 
 
 def forward(hidden, weight, bias, targets, *, inv_temperature, ignore_index, with_entropy, chunk_size,
