@@ -4,15 +4,28 @@ import dataclasses
 import difflib
 import json
 import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
+
+import torch
+
+from . import tasks
 
 MODES = ("online", "iterative_dpo", "rejection_sampling", "hybrid")
 ONLINE_PRESETS = ("grpo", "bnpo", "dapo", "dr_grpo", "rloo", "remax", "reinforce_pp", "ppo", "gspo", "cispo")
 PAIR_PRESETS = ("dpo", "ipo")
 SCHEDULERS = ("constant", "linear", "cosine")
 DTYPES = ("float32", "bfloat16", "float16")
+# Names other trainers (TRL, verl) use for a GROConfig field, for the "unknown key" hint.
+SYNONYMS = {"group_size": "num_generations", "n_samples": "num_generations", "max_completion_length": "max_new_tokens",
+            "num_train_epochs": "max_steps", "gradient_accumulation_steps": "mini_batch_size"}
+ONLINE_PART = ("online", "rejection_sampling", "hybrid")
+# Fields that only some modes read: set (to anything but the default) in another mode they would do nothing.
+MODE_ONLY = {"rejection_keep": ("rejection_sampling",), "rejection_min_reward": ("rejection_sampling",),
+             "ref_refresh_steps": ("iterative_dpo",), "offline_per_step": ("hybrid",), "offline_preset": ("hybrid",),
+             "offline_file": ("hybrid",), "epsilon": ONLINE_PART, "epsilon_high": ONLINE_PART}
 
 
 @dataclass
@@ -37,8 +50,8 @@ class GROConfig:
     micro_batch_size: int = 8          # sequences per forward/backward (pairs count two)
     mini_batch_size: Optional[int] = None  # sequences per optimizer update; None = the whole rollout batch
     beta: float = 0.0                  # KL coefficient (online) or DPO/IPO beta
-    epsilon: float = 0.2
-    epsilon_high: Optional[float] = None
+    epsilon: Optional[float] = None    # lower clip of the policy ratio (and the upper one for symmetric presets);
+    epsilon_high: Optional[float] = None  # upper clip. None: the preset's own range (grpo 0.2, dapo 0.2/0.28)
     loss_options: dict = field(default_factory=dict)  # extra keyword arguments for gro_loss
     rejection_keep: int = 1            # rejection sampling: best k per prompt get weight 1
     rejection_min_reward: Optional[float] = None      # ... and only if their reward reaches this
@@ -78,6 +91,7 @@ class GROConfig:
     resume: bool = False               # continue from the newest checkpoint in output_dir
 
     def __post_init__(self):
+        _check_types(self)  # first: the value checks below assume the declared types
         self.adam_betas = tuple(self.adam_betas)
         _validate(self)
 
@@ -88,8 +102,8 @@ class GROConfig:
         names = [f.name for f in dataclasses.fields(cls)]
         for key in data:
             if key not in names:
-                close = difflib.get_close_matches(str(key), names, n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                close = SYNONYMS.get(key) or (difflib.get_close_matches(str(key), names, n=1) or [None])[0]
+                hint = f" (did you mean '{close}'?)" if close else ""
                 raise ValueError(f"unknown GRO config key '{key}'{hint}")
         return cls(**data)
 
@@ -121,6 +135,7 @@ def load_config(path, overrides: Optional[dict] = None) -> GROConfig:
 
 def _validate(c: GROConfig):
     _choice("mode", c.mode, MODES)
+    _mode_only(c)
     allowed = PAIR_PRESETS if c.mode == "iterative_dpo" else ONLINE_PRESETS
     _choice("preset", c.preset, allowed, f" for mode '{c.mode}'")
     if c.mode == "hybrid":
@@ -145,22 +160,95 @@ def _validate(c: GROConfig):
     _positive("adam_eps", c.adam_eps)
     if not 0.0 < c.top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {c.top_p}")
-    for name in ("beta", "epsilon", "weight_decay"):
-        _nonnegative(name, getattr(c, name))
+    for name in ("beta", "epsilon", "epsilon_high", "weight_decay"):
+        if getattr(c, name) is not None:
+            _nonnegative(name, getattr(c, name))
     if c.num_threads is not None:
         _int_at_least("num_threads", c.num_threads, 1)
     if c.mini_batch_size is not None:
         _int_at_least("mini_batch_size", c.mini_batch_size, 1)
     if c.max_grad_norm is not None:
         _positive("max_grad_norm", c.max_grad_norm)
+    _items("adam_betas", c.adam_betas, _NUMBER)
     if len(c.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in c.adam_betas):
-        raise ValueError(f"adam_betas must be two numbers in [0, 1), got {c.adam_betas}")
+        raise ValueError(f"adam_betas must be two numbers in [0, 1), got {list(c.adam_betas)}")
     if c.reward_weights is not None:
-        if not all(isinstance(w, (int, float)) and math.isfinite(w) for w in c.reward_weights):
+        _items("reward_weights", c.reward_weights, _NUMBER)
+        if not all(math.isfinite(w) for w in c.reward_weights):
             raise ValueError(f"reward_weights must be finite numbers, got {c.reward_weights}")
-    for name in ("tiny_model", "task_options", "loss_options"):
-        if not isinstance(getattr(c, name), dict):
-            raise TypeError(f"{name} must be a mapping, got {type(getattr(c, name)).__name__}")
+    _items("rewards", c.rewards, (str, "a 'package.module:function' str or a built-in task name"))
+    _check_task(c.task)
+    try:
+        torch.device(c.device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got {c.device!r}") from None
+
+
+_NUMBER = ((int, float), "a number")
+# How a field's declared type reads in an error message (adam_betas is declared a tuple, given as a list).
+_EXPECTED = {bool: "a bool (true/false)", int: "an int", float: "a number", str: "a str", dict: "a mapping",
+             list: "a list", tuple: "a list"}
+_EXPECTED_BY_NAME = {"adam_betas": "a pair of numbers [beta1, beta2]", "reward_weights": "a list of numbers or None"}
+
+
+def _check_types(c: GROConfig):
+    """Every field against its declared type, so a value of the wrong type (a quoted YAML number, a bare 0.9 for a
+    pair, "false" for a bool) is a TypeError naming the field rather than a surprise further down."""
+    for name, hint in typing.get_type_hints(type(c)).items():
+        value = getattr(c, name)
+        optional = type(None) in typing.get_args(hint)
+        kind = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
+        if (optional and value is None) or _is(kind, value):
+            continue
+        expected = _EXPECTED_BY_NAME.get(name) or _EXPECTED[kind] + (" or None" if optional else "")
+        raise TypeError(f"{name} must be {expected}, got {value!r} ({type(value).__name__}){_quoted_hint(value)}")
+
+
+def _is(kind, value) -> bool:
+    if isinstance(value, bool):  # bool is an int in Python; as a config value it is neither an int nor a number
+        return kind is bool
+    if kind is float:
+        return isinstance(value, (int, float))
+    if kind in (list, tuple):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, kind)
+
+
+def _quoted_hint(value) -> str:
+    if not isinstance(value, str):
+        return ""
+    try:
+        float(value)
+    except ValueError:
+        return ""
+    return "; YAML reads a quoted number, or one like 1e-5 (no dot), as a string: write 1.0e-5"
+
+
+def _items(name, values, spec):
+    kinds, expected = spec
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, kinds):
+            raise TypeError(f"{name}[{i}] must be {expected}, got {v!r} ({type(v).__name__}){_quoted_hint(v)}")
+
+
+def _mode_only(c: GROConfig):
+    defaults = {f.name: f.default for f in dataclasses.fields(c)}
+    for name, modes in MODE_ONLY.items():
+        value = getattr(c, name)
+        if c.mode not in modes and value != defaults[name]:
+            only = " or ".join(", ".join(f"'{m}'" for m in modes).rsplit(", ", 1))
+            raise ValueError(f"{name}={value!r} is not used by mode '{c.mode}' (only by {only}); remove it, "
+                             f"or set mode")
+
+
+def _check_task(task: str):
+    """A built-in task name, or a .json/.jsonl prompts file (read by the CLI)."""
+    if task in tasks.TASKS or task.endswith((".json", ".jsonl")):
+        return
+    close = difflib.get_close_matches(task, list(tasks.TASKS), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise ValueError(f"task must be a built-in task {sorted(tasks.TASKS)} or a .json/.jsonl prompts file, "
+                     f"got '{task}'{hint}")
 
 
 def _choice(name, value, allowed, suffix=""):
