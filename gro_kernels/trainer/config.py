@@ -2,6 +2,8 @@
 
 import dataclasses
 import difflib
+import functools
+import inspect
 import json
 import math
 import typing
@@ -99,12 +101,6 @@ class GROConfig:
     def from_dict(cls, data: dict) -> "GROConfig":
         if not isinstance(data, dict):
             raise TypeError(f"a GRO config must be a mapping, got {type(data).__name__}")
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key in data:
-            if key not in names:
-                close = SYNONYMS.get(key) or (difflib.get_close_matches(str(key), names, n=1) or [None])[0]
-                hint = f" (did you mean '{close}'?)" if close else ""
-                raise ValueError(f"unknown GRO config key '{key}'{hint}")
         return cls(**data)
 
     def to_dict(self) -> dict:
@@ -114,6 +110,21 @@ class GROConfig:
 
     def replace(self, **changes) -> "GROConfig":
         return GROConfig.from_dict({**self.to_dict(), **changes})
+
+
+def _known_keys(init):
+    """GROConfig(**kwargs) and from_dict both reject an unknown key by name, with the closest field as a hint."""
+    @functools.wraps(init)
+    def checked(self, *args, **kwargs):
+        names = [f.name for f in dataclasses.fields(GROConfig)]
+        for key in kwargs:
+            if key not in names:
+                raise ValueError(f"unknown GRO config key '{key}'{_did_you_mean(key, names)}")
+        init(self, *args, **kwargs)
+    return checked
+
+
+GROConfig.__init__ = _known_keys(GROConfig.__init__)
 
 
 def load_config(path, overrides: Optional[dict] = None) -> GROConfig:
@@ -134,8 +145,20 @@ def load_config(path, overrides: Optional[dict] = None) -> GROConfig:
 
 
 def _validate(c: GROConfig):
-    _choice("mode", c.mode, MODES)
+    _check_choices(c)
     _mode_only(c)
+    _check_counts(c)
+    _check_numbers(c)
+    _check_lists(c)
+    _check_task(c.task, c.task_options)
+    try:
+        torch.device(c.device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got {c.device!r}") from None
+
+
+def _check_choices(c: GROConfig):
+    _choice("mode", c.mode, MODES)
     allowed = PAIR_PRESETS if c.mode == "iterative_dpo" else ONLINE_PRESETS
     _choice("preset", c.preset, allowed, f" for mode '{c.mode}'")
     if c.mode == "hybrid":
@@ -143,11 +166,17 @@ def _validate(c: GROConfig):
     _choice("lr_scheduler", c.lr_scheduler, SCHEDULERS)
     _choice("dtype", c.dtype, DTYPES)
     _choice("loss_impl", c.loss_impl, ("fused", "materialized"))
+
+
+def _check_counts(c: GROConfig):
     for name in ("num_generations", "prompts_per_step", "num_iterations", "micro_batch_size", "max_steps",
                  "max_new_tokens", "max_prompt_length", "rejection_keep", "ref_refresh_steps", "save_total_limit"):
         _int_at_least(name, getattr(c, name), 1)
     for name in ("warmup_steps", "save_steps", "offline_per_step", "seed"):
         _int_at_least(name, getattr(c, name), 0)
+    for name in ("num_threads", "mini_batch_size"):
+        if getattr(c, name) is not None:
+            _int_at_least(name, getattr(c, name), 1)
     if c.mode in ("online", "hybrid") and c.preset != "remax" and c.num_generations < 2:
         raise ValueError(f"num_generations must be >= 2 for preset '{c.preset}' (group baselines), "
                          f"got {c.num_generations}")
@@ -155,20 +184,22 @@ def _validate(c: GROConfig):
         raise ValueError(f"num_generations must be >= 2 to form best/worst pairs, got {c.num_generations}")
     if c.mode == "rejection_sampling" and c.rejection_keep > c.num_generations:
         raise ValueError(f"rejection_keep ({c.rejection_keep}) must be <= num_generations ({c.num_generations})")
-    _positive("temperature", c.temperature)
-    _positive("learning_rate", c.learning_rate)
-    _positive("adam_eps", c.adam_eps)
+
+
+def _check_numbers(c: GROConfig):
+    for name in ("temperature", "learning_rate", "adam_eps", "max_grad_norm"):
+        if getattr(c, name) is not None:
+            _positive(name, getattr(c, name))
     if not 0.0 < c.top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {c.top_p}")
     for name in ("beta", "epsilon", "epsilon_high", "weight_decay"):
         if getattr(c, name) is not None:
             _nonnegative(name, getattr(c, name))
-    if c.num_threads is not None:
-        _int_at_least("num_threads", c.num_threads, 1)
-    if c.mini_batch_size is not None:
-        _int_at_least("mini_batch_size", c.mini_batch_size, 1)
-    if c.max_grad_norm is not None:
-        _positive("max_grad_norm", c.max_grad_norm)
+    if c.rejection_min_reward is not None and not math.isfinite(c.rejection_min_reward):
+        raise ValueError(f"rejection_min_reward must be a finite number or None, got {c.rejection_min_reward}")
+
+
+def _check_lists(c: GROConfig):
     _items("adam_betas", c.adam_betas, _NUMBER)
     if len(c.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in c.adam_betas):
         raise ValueError(f"adam_betas must be two numbers in [0, 1), got {list(c.adam_betas)}")
@@ -177,11 +208,6 @@ def _validate(c: GROConfig):
         if not all(math.isfinite(w) for w in c.reward_weights):
             raise ValueError(f"reward_weights must be finite numbers, got {c.reward_weights}")
     _items("rewards", c.rewards, (str, "a 'package.module:function' str or a built-in task name"))
-    _check_task(c.task)
-    try:
-        torch.device(c.device)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got {c.device!r}") from None
 
 
 _NUMBER = ((int, float), "a number")
@@ -191,10 +217,15 @@ _EXPECTED = {bool: "a bool (true/false)", int: "an int", float: "a number", str:
 _EXPECTED_BY_NAME = {"adam_betas": "a pair of numbers [beta1, beta2]", "reward_weights": "a list of numbers or None"}
 
 
+@functools.lru_cache(maxsize=None)
+def _field_types(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
 def _check_types(c: GROConfig):
     """Every field against its declared type, so a value of the wrong type (a quoted YAML number, a bare 0.9 for a
     pair, "false" for a bool) is a TypeError naming the field rather than a surprise further down."""
-    for name, hint in typing.get_type_hints(type(c)).items():
+    for name, hint in _field_types(type(c)).items():
         value = getattr(c, name)
         optional = type(None) in typing.get_args(hint)
         kind = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
@@ -237,18 +268,29 @@ def _mode_only(c: GROConfig):
         value = getattr(c, name)
         if c.mode not in modes and value != defaults[name]:
             only = " or ".join(", ".join(f"'{m}'" for m in modes).rsplit(", ", 1))
-            raise ValueError(f"{name}={value!r} is not used by mode '{c.mode}' (only by {only}); remove it, "
-                             f"or set mode")
+            raise ValueError(f"{name}={value!r} is not used by mode '{c.mode}' (only by {only}); remove it or "
+                             f"change mode")
 
 
-def _check_task(task: str):
-    """A built-in task name, or a .json/.jsonl prompts file (read by the CLI)."""
-    if task in tasks.TASKS or task.endswith((".json", ".jsonl")):
+def _check_task(task: str, options: dict):
+    """A built-in task name (options: digit_task's keywords), or a .json/.jsonl prompts file (read by the CLI)."""
+    if task.endswith((".json", ".jsonl")):
+        if options:
+            raise ValueError(f"task_options {options} apply to the built-in tasks only, not to the prompts file "
+                             f"'{task}'")
         return
-    close = difflib.get_close_matches(task, list(tasks.TASKS), n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    raise ValueError(f"task must be a built-in task {sorted(tasks.TASKS)} or a .json/.jsonl prompts file, "
-                     f"got '{task}'{hint}")
+    if task not in tasks.TASKS:
+        raise ValueError(f"task must be a built-in task {sorted(tasks.TASKS)} or a .json/.jsonl prompts file, "
+                         f"got '{task}'{_did_you_mean(task, list(tasks.TASKS))}")
+    allowed = [p for p in inspect.signature(tasks.digit_task).parameters if p != "kind"]
+    for key in options:
+        if key not in allowed:
+            raise ValueError(f"task_options has unknown key '{key}'{_did_you_mean(key, allowed)}; allowed: {allowed}")
+
+
+def _did_you_mean(key, names) -> str:
+    close = SYNONYMS.get(key) or (difflib.get_close_matches(str(key), names, n=1) or [None])[0]
+    return f" (did you mean '{close}'?)" if close else ""
 
 
 def _choice(name, value, allowed, suffix=""):

@@ -41,7 +41,7 @@ class GROTrainer:
         self.config, self.model, self.tokenizer = config, model, tokenizer
         ro.special_ids(tokenizer)
         fns = reward_fns if isinstance(reward_fns, (list, tuple)) else [reward_fns]
-        self.reward_fns = [rw.resolve(f) for f in fns]
+        self.reward_fns = [rw.resolve(f, f"reward_fns[{i}]") for i, f in enumerate(fns)]
         self.reward_weights = rw.check_weights(self.reward_fns, config.reward_weights)
         self.records = _prompt_records(train_prompts, "train_prompts")
         self.offline = objective.offline_records(offline_data, config)
