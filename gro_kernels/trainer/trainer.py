@@ -198,14 +198,17 @@ class GROTrainer:
                                     reference=ref, keep_last=self.config.save_total_limit)
 
     def resume(self, path=None) -> int:
-        """Load the newest checkpoint (or `path`); the metrics log is cut back to that step."""
-        path = path or ckpt.latest_checkpoint(self.output_dir)
-        if path is None:
-            raise FileNotFoundError(f"resume: no checkpoint under {ckpt.checkpoint_root(self.output_dir)}")
+        """Load the newest intact checkpoint, falling back past damaged ones with a warning (or exactly `path`,
+        verified); the metrics log is cut back to that step. Leftovers of an interrupted save are removed."""
+        ckpt.clean_temporaries(self.output_dir)
         ref = self.ref_model if self.config.mode == "iterative_dpo" else None
-        state = ckpt.load_checkpoint(path, policy=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-                                     reference=ref)
+        targets = dict(policy=self.model, optimizer=self.optimizer, scheduler=self.scheduler, reference=ref)
+        if path is None:
+            path, state = ckpt.load_newest_intact(self.output_dir, **targets)
+        else:
+            state = ckpt.load_checkpoint(path, **targets)
         self.step = int(state["step"])
+        logger.info(f"resumed from {path} (step {self.step})")
         self.log.truncate_after(self.step)
         return self.step
 
