@@ -34,6 +34,6 @@ bench: setup setup-peers
 	$(PY) -m benchmarks.run
 
 # CPU demo (about 2 minutes): a tiny Llama built in code learns to sort 3 digits with GRPO; writes
-# runs/demo_sort/metrics.jsonl and runs/demo_sort/curves.png.
+# runs/demo_sort/metrics.jsonl and runs/demo_sort/curves.png (a re-run starts over: overwrite_output_dir).
 demo: setup
-	$(PY) -m gro_kernels.trainer.cli --config examples/demo_sort.yaml
+	$(PY) -m gro_kernels.trainer.cli --config examples/demo_sort.yaml --set overwrite_output_dir=true

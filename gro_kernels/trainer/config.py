@@ -90,7 +90,8 @@ class GROConfig:
     progress_bar: bool = True
     save_steps: int = 50               # 0 disables periodic checkpoints (a final one is still written)
     save_total_limit: int = 2          # keep the last k checkpoints
-    resume: bool = False               # continue from the newest checkpoint in output_dir
+    resume: bool = False               # continue from the newest intact checkpoint in output_dir
+    overwrite_output_dir: bool = False  # a fresh run into a non-empty output_dir: delete its checkpoints/metrics
 
     def __post_init__(self):
         _check_types(self)  # first: the value checks below assume the declared types
@@ -151,6 +152,9 @@ def _validate(c: GROConfig):
     _check_numbers(c)
     _check_lists(c)
     _check_task(c.task, c.task_options)
+    if c.resume and c.overwrite_output_dir:
+        raise ValueError("resume=True and overwrite_output_dir=True contradict each other: resume continues the "
+                         "run in output_dir, overwrite_output_dir deletes it; set one")
     try:
         torch.device(c.device)
     except (RuntimeError, ValueError):

@@ -3,6 +3,7 @@
 import logging
 import math
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -61,6 +62,8 @@ class GROTrainer:
                                            eps=config.adam_eps, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(config))
         self.output_dir = Path(config.output_dir)
+        if not config.resume:
+            _claim_output_dir(self.output_dir, config, self.dp.rank == 0)
         self.log = mt.MetricsLog(self.output_dir / config.metrics_file)
         self.memory = mt.PeakMemory(next(model.parameters()).device)
         self.step = 0
@@ -211,6 +214,30 @@ class GROTrainer:
         logger.info(f"resumed from {path} (step {self.step})")
         self.log.truncate_after(self.step)
         return self.step
+
+
+def _claim_output_dir(path: Path, config: GROConfig, main_rank: bool):
+    """A fresh run needs an empty output_dir: an old run's checkpoints would be pruned by step number along
+    with the new ones (and be resumed as if they were the new run's), and its metrics mixed in. With
+    overwrite_output_dir the trainer's own files (checkpoints, metrics, curves) go first; nothing else does."""
+    held = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    if not held:
+        return
+    if not config.overwrite_output_dir:
+        shown = held[:5] + (["..."] if len(held) > 5 else [])
+        raise ValueError(f"output_dir '{path}' is not empty (holds {shown}); a fresh run needs an empty one: pass "
+                         f"resume=True (--resume) to continue the run there, or overwrite_output_dir=True "
+                         f"(--set overwrite_output_dir=true) to delete its checkpoints and metrics first")
+    if not main_rank:  # rank 0 alone deletes (and writes) in output_dir
+        return
+    for own in (ckpt.checkpoint_root(path), path / config.metrics_file, path / "curves.png"):
+        if own.is_dir():
+            shutil.rmtree(own)
+        elif own.exists():
+            own.unlink()
+        else:
+            continue
+        logger.warning(f"overwrite_output_dir: removed {own}")
 
 
 def _prompt_records(prompts, name) -> List[dict]:

@@ -157,7 +157,9 @@ RUN_PROBES = {
     "progress_bar": (dict(_tty=True), dict(_tty=True, progress_bar=True)),
     "save_steps": (SAVES, dict(SAVES, save_steps=2)),
     "save_total_limit": (SAVES, dict(SAVES, save_total_limit=1)),
-    "resume": (dict(_prerun=True), dict(_prerun=True, resume=True)),
+    "resume": (dict(_prerun=True, overwrite_output_dir=True), dict(_prerun=True, resume=True)),
+    "overwrite_output_dir": (dict(_prerun=True, _raises="is not empty"), dict(_prerun=True,
+                                                                               overwrite_output_dir=True)),
 }
 
 # Fields only the CLI reads (the Python API takes the model, prompts and rewards as objects).

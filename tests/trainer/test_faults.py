@@ -292,3 +292,53 @@ def test_damaged_reference_of_iterative_dpo_is_caught(tmp_path, init):
     with pytest.warns(ckpt.CheckpointWarning, match=r"step-00000002: reference\.pt has sha256"):
         tr = trainer(tmp_path, init, resume=True, **changes)
     assert tr.step == 1
+
+
+# ----- a fresh run into a used output_dir ------------------------------------------------------------------
+
+def _metric_steps(run_dir, name="metrics.jsonl"):
+    return [json.loads(line)["step"] for line in (run_dir / name).read_text().splitlines() if line.strip()]
+
+
+def test_fresh_run_refuses_a_used_output_dir(tmp_path, init):
+    trainer(tmp_path, init, max_steps=3).train()
+    before = sorted(p.name for p in ckpt.list_checkpoints(steps_dir(tmp_path)))
+    with pytest.raises(ValueError, match=r"output_dir '.*run' is not empty .*resume=True \(--resume\).*"
+                                         r"overwrite_output_dir=True \(--set overwrite_output_dir=true\)"):
+        trainer(tmp_path, init, max_steps=2)
+    assert sorted(p.name for p in ckpt.list_checkpoints(steps_dir(tmp_path))) == before
+    assert _metric_steps(steps_dir(tmp_path)) == [1, 2, 3]
+
+
+def test_overwrite_output_dir_clears_the_old_run_first(tmp_path, init):
+    trainer(tmp_path, init, max_steps=3, plot=True).train()
+    (steps_dir(tmp_path) / "notes.txt").write_text("mine")
+    trainer(tmp_path, init, max_steps=2, overwrite_output_dir=True).train()
+    assert [p.name for p in ckpt.list_checkpoints(steps_dir(tmp_path))] == ["step-00000001", "step-00000002"]
+    assert _metric_steps(steps_dir(tmp_path)) == [1, 2]
+    assert not (steps_dir(tmp_path) / "curves.png").exists()          # plot=False this time: the old one is gone
+    assert (steps_dir(tmp_path) / "notes.txt").read_text() == "mine"   # only the trainer's own files are removed
+
+
+def test_an_empty_output_dir_is_fine_and_resume_with_overwrite_is_refused(tmp_path, init):
+    steps_dir(tmp_path).mkdir()
+    trainer(tmp_path, init, max_steps=1).train()
+    with pytest.raises(ValueError, match=r"resume=True and overwrite_output_dir=True contradict each other"):
+        trainer(tmp_path, init, resume=True, overwrite_output_dir=True)
+
+
+def test_cli_refuses_then_overwrites(tmp_path):
+    from gro_kernels.trainer.cli import main
+
+    config = tmp_path / "run.yaml"
+    config.write_text(json.dumps(dict(tiny_model=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                      num_attention_heads=4, num_key_value_heads=2,
+                                                      max_position_embeddings=32),
+                                      task_options={"num_prompts": 8, "length": 3}, prompts_per_step=2,
+                                      max_new_tokens=4, max_prompt_length=8, max_steps=2, save_steps=0, plot=False,
+                                      progress_bar=False, output_dir=str(tmp_path / "out"))))
+    assert main(["--config", str(config)]) == 0
+    with pytest.raises(ValueError, match="is not empty"):
+        main(["--config", str(config), "--set", "max_steps=1"])
+    assert main(["--config", str(config), "--set", "max_steps=1", "--set", "overwrite_output_dir=true"]) == 0
+    assert _metric_steps(tmp_path / "out") == [1]
