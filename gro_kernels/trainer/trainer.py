@@ -202,7 +202,8 @@ class GROTrainer:
 
     def resume(self, path=None) -> int:
         """Load the newest intact checkpoint, falling back past damaged ones with a warning (or exactly `path`,
-        verified); the metrics log is cut back to that step. Leftovers of an interrupted save are removed."""
+        verified). Leftovers of an interrupted save are removed. The metrics log is not touched: the steps
+        redone are appended, and readers take the last record of each step."""
         ckpt.clean_temporaries(self.output_dir)
         ref = self.ref_model if self.config.mode == "iterative_dpo" else None
         targets = dict(policy=self.model, optimizer=self.optimizer, scheduler=self.scheduler, reference=ref)
@@ -212,7 +213,6 @@ class GROTrainer:
             state = ckpt.load_checkpoint(path, **targets)
         self.step = int(state["step"])
         logger.info(f"resumed from {path} (step {self.step})")
-        self.log.truncate_after(self.step)
         return self.step
 
 

@@ -342,3 +342,61 @@ def test_cli_refuses_then_overwrites(tmp_path):
         main(["--config", str(config), "--set", "max_steps=1"])
     assert main(["--config", str(config), "--set", "max_steps=1", "--set", "overwrite_output_dir=true"]) == 0
     assert _metric_steps(tmp_path / "out") == [1]
+
+
+# ----- metrics.jsonl: append-only, the last record of a step wins, a torn last line is skipped ---------------
+
+def _killed_after_step_3(tmp_path, init):
+    """Checkpoint at step 2, then step 3 logged and lost with the process."""
+    tr = trainer(tmp_path, init, save_steps=0)
+    for _ in range(2):
+        tr.train_step()
+    tr.save()
+    tr.train_step()
+    return (steps_dir(tmp_path) / "metrics.jsonl").read_bytes()
+
+
+def test_resume_appends_to_metrics_and_never_rewrites_them(tmp_path, init, straight, monkeypatch):
+    before = _killed_after_step_3(tmp_path, init)
+    real = type(tmp_path).write_text
+
+    def write_text(self, *a, **k):  # the old resume rewrote metrics.jsonl in place: a kill there lost steps
+        if self.name == "metrics.jsonl":
+            raise Killed("while rewriting metrics.jsonl")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(type(tmp_path), "write_text", write_text)
+    tr = trainer(tmp_path, init, resume=True, save_steps=0)
+    records = tr.train()
+    after = (steps_dir(tmp_path) / "metrics.jsonl").read_bytes()
+    assert after.startswith(before) and _metric_steps(steps_dir(tmp_path)) == [1, 2, 3, 3, 4]
+    latest = tr.log.read()
+    assert [r["step"] for r in latest] == [1, 2, 3, 4]
+    assert latest[2] == json.loads(json.dumps(records[0]))  # step 3: the resumed run's record, not the lost one
+    assert_same(tr, straight)
+
+
+def test_torn_last_metrics_line_is_skipped_with_a_warning(tmp_path, init, straight):
+    _killed_after_step_3(tmp_path, init)
+    path = steps_dir(tmp_path) / "metrics.jsonl"
+    with path.open("a") as f:
+        f.write('{"step": 4, "reward_mean": 0.')  # the process died inside this write
+    tr = trainer(tmp_path, init, resume=True, save_steps=0, plot=True)  # plot reads the log back
+    with pytest.warns(UserWarning, match=r"metrics\.jsonl line 4: skipped, not valid JSON \(a write cut short\?\)"):
+        tr.train()
+    lines = path.read_text().splitlines()
+    assert lines[3] == '{"step": 4, "reward_mean": 0.' and json.loads(lines[4])["step"] == 3
+    with pytest.warns(UserWarning, match="line 4: skipped"):
+        assert [r["step"] for r in tr.log.read()] == [1, 2, 3, 4]
+    assert_same(tr, straight)
+
+
+def test_metrics_readers_take_the_last_record_of_each_step(tmp_path):
+    from gro_kernels.trainer import metrics
+
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [{"step": 1, "v": "a"}, {"step": 2, "v": "b"},
+                                                            {"step": 3, "v": "c"}, {"step": 2, "v": "B"},
+                                                            {"step": 3, "v": "C"}]))
+    assert metrics.read_metrics(path) == [{"step": 1, "v": "a"}, {"step": 2, "v": "B"}, {"step": 3, "v": "C"}]
+    assert len(metrics.read_metrics(path, latest=False)) == 5

@@ -179,7 +179,8 @@ def test_resume_gives_the_same_parameters(tmp_path, changes):
     for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
         assert torch.equal(a, b)
     steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4]
+    assert steps == [1, 2, 3, 3, 4]  # append-only: the lost step 3 stays; readers take the last record per step
+    assert [r["step"] for r in resumed.log.read()] == [1, 2, 3, 4]
 
 
 MODES = {
