@@ -327,16 +327,33 @@ def test_an_empty_output_dir_is_fine_and_resume_with_overwrite_is_refused(tmp_pa
         trainer(tmp_path, init, resume=True, overwrite_output_dir=True)
 
 
+def _cli_config(tmp_path, **changes):
+    config = tmp_path / "run.yaml"  # JSON is YAML
+    tiny = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=32)
+    base = dict(tiny_model=tiny, task_options={"num_prompts": 8, "length": 3}, prompts_per_step=2, max_new_tokens=4,
+                max_prompt_length=8, max_steps=2, save_steps=0, plot=False, progress_bar=False,
+                output_dir=str(tmp_path / "out"))
+    config.write_text(json.dumps({**base, **changes}))
+    return config
+
+
+def test_cli_resume_falls_back_past_a_damaged_checkpoint(tmp_path):
+    from gro_kernels.trainer.cli import main
+
+    config = _cli_config(tmp_path, save_steps=1)
+    assert main(["--config", str(config)]) == 0
+    _flip_weight_bit(ckpt.checkpoint_root(tmp_path / "out") / "step-00000002" / "policy.pt")
+    with pytest.warns(ckpt.CheckpointWarning, match=r"step-00000002: policy\.pt has sha256"):
+        assert main(["--config", str(config), "--resume", "--set", "max_steps=3"]) == 0
+    assert _metric_steps(tmp_path / "out") == [1, 2, 2, 3]
+    ckpt.verify_checkpoint(ckpt.checkpoint_root(tmp_path / "out") / "step-00000002")  # rewritten, intact
+
+
 def test_cli_refuses_then_overwrites(tmp_path):
     from gro_kernels.trainer.cli import main
 
-    config = tmp_path / "run.yaml"
-    config.write_text(json.dumps(dict(tiny_model=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                                      num_attention_heads=4, num_key_value_heads=2,
-                                                      max_position_embeddings=32),
-                                      task_options={"num_prompts": 8, "length": 3}, prompts_per_step=2,
-                                      max_new_tokens=4, max_prompt_length=8, max_steps=2, save_steps=0, plot=False,
-                                      progress_bar=False, output_dir=str(tmp_path / "out"))))
+    config = _cli_config(tmp_path)
     assert main(["--config", str(config)]) == 0
     with pytest.raises(ValueError, match="is not empty"):
         main(["--config", str(config), "--set", "max_steps=1"])
