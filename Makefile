@@ -34,9 +34,9 @@ bench: setup setup-peers
 	$(PY) -m benchmarks.run
 
 # CPU demo (about 2 minutes): a tiny Llama built in code learns to sort 3 digits with GRPO; writes
-# runs/demo_sort/metrics.jsonl and runs/demo_sort/curves.png.
+# runs/demo_sort/metrics.jsonl and runs/demo_sort/curves.png (a re-run starts over: overwrite_output_dir).
 demo: setup
-	$(PY) -m gro_kernels.trainer.cli --config examples/demo_sort.yaml
+	$(PY) -m gro_kernels.trainer.cli --config examples/demo_sort.yaml --set overwrite_output_dir=true
 
 # GPU check (benchmarks/gpu_check.py, <= 8 minutes on one GPU; installs nothing, uses the preinstalled torch):
 # builds the extension for the device, runs tests/device on it and the bf16 benchmarks at real LM-head shapes;

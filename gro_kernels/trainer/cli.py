@@ -9,6 +9,7 @@ from typing import List, Optional
 import torch
 
 from . import objective, tasks, tiny
+from . import rewards as rewards_mod
 from .policy import copy_as_reference
 from .config import load_config
 from .trainer import GROTrainer
@@ -61,16 +62,29 @@ def build_model(config):
     return model.to(device=config.device, dtype=dtype), tokenizer
 
 
+def task_data(config):
+    """(prompt records, reward functions) of the config's task and rewards, errors naming the config field."""
+    if config.task in tasks.TASKS:
+        prompts = tasks.digit_task(config.task, **config.task_options)
+    elif not Path(config.task).is_file():
+        raise ValueError(f"task '{config.task}': no such prompts file (expected a built-in task "
+                         f"{sorted(tasks.TASKS)} or an existing .json/.jsonl file)")
+    else:
+        prompts = read_records(config.task)
+    if config.rewards:
+        return prompts, [rewards_mod.resolve(spec, f"rewards[{i}]") for i, spec in enumerate(config.rewards)]
+    if config.task not in tasks.TASKS:
+        raise ValueError(f"rewards is empty and task '{config.task}' is a prompts file, which brings no reward; "
+                         f"set rewards: ['package.module:function']")
+    return prompts, [rewards_mod.resolve(config.task, "task")]
+
+
 def build_trainer(config) -> GROTrainer:
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
     torch.manual_seed(config.seed)
+    prompts, rewards = task_data(config)
     model, tokenizer = build_model(config)
-    if config.task in tasks.TASKS:
-        prompts = tasks.digit_task(config.task, **config.task_options)
-    else:
-        prompts = read_records(config.task)
-    rewards = config.rewards or [config.task]
     ref = copy_as_reference(model) if objective.needs_reference(objective.preset_for(config), config) else None
     offline = read_records(config.offline_file) if config.offline_file else None
     return GROTrainer(model, ref, tokenizer, rewards, config, prompts, offline_data=offline)

@@ -2,17 +2,32 @@
 
 import dataclasses
 import difflib
+import functools
+import inspect
 import json
 import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
+
+import torch
+
+from . import tasks
 
 MODES = ("online", "iterative_dpo", "rejection_sampling", "hybrid")
 ONLINE_PRESETS = ("grpo", "bnpo", "dapo", "dr_grpo", "rloo", "remax", "reinforce_pp", "ppo", "gspo", "cispo")
 PAIR_PRESETS = ("dpo", "ipo")
 SCHEDULERS = ("constant", "linear", "cosine")
 DTYPES = ("float32", "bfloat16", "float16")
+# Names other trainers (TRL, verl) use for a GROConfig field, for the "unknown key" hint.
+SYNONYMS = {"group_size": "num_generations", "n_samples": "num_generations", "max_completion_length": "max_new_tokens",
+            "num_train_epochs": "max_steps", "gradient_accumulation_steps": "mini_batch_size"}
+ONLINE_PART = ("online", "rejection_sampling", "hybrid")
+# Fields that only some modes read: set (to anything but the default) in another mode they would do nothing.
+MODE_ONLY = {"rejection_keep": ("rejection_sampling",), "rejection_min_reward": ("rejection_sampling",),
+             "ref_refresh_steps": ("iterative_dpo",), "offline_per_step": ("hybrid",), "offline_preset": ("hybrid",),
+             "offline_file": ("hybrid",), "epsilon": ONLINE_PART, "epsilon_high": ONLINE_PART}
 
 
 @dataclass
@@ -37,8 +52,8 @@ class GROConfig:
     micro_batch_size: int = 8          # sequences per forward/backward (pairs count two)
     mini_batch_size: Optional[int] = None  # sequences per optimizer update; None = the whole rollout batch
     beta: float = 0.0                  # KL coefficient (online) or DPO/IPO beta
-    epsilon: float = 0.2
-    epsilon_high: Optional[float] = None
+    epsilon: Optional[float] = None    # lower clip of the policy ratio (and the upper one for symmetric presets);
+    epsilon_high: Optional[float] = None  # upper clip. None: the preset's own range (grpo 0.2, dapo 0.2/0.28)
     loss_options: dict = field(default_factory=dict)  # extra keyword arguments for gro_loss
     rejection_keep: int = 1            # rejection sampling: best k per prompt get weight 1
     rejection_min_reward: Optional[float] = None      # ... and only if their reward reaches this
@@ -75,9 +90,11 @@ class GROConfig:
     progress_bar: bool = True
     save_steps: int = 50               # 0 disables periodic checkpoints (a final one is still written)
     save_total_limit: int = 2          # keep the last k checkpoints
-    resume: bool = False               # continue from the newest checkpoint in output_dir
+    resume: bool = False               # continue from the newest intact checkpoint in output_dir
+    overwrite_output_dir: bool = False  # a fresh run into a non-empty output_dir: delete its checkpoints/metrics
 
     def __post_init__(self):
+        _check_types(self)  # first: the value checks below assume the declared types
         self.adam_betas = tuple(self.adam_betas)
         _validate(self)
 
@@ -85,12 +102,6 @@ class GROConfig:
     def from_dict(cls, data: dict) -> "GROConfig":
         if not isinstance(data, dict):
             raise TypeError(f"a GRO config must be a mapping, got {type(data).__name__}")
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key in data:
-            if key not in names:
-                close = difflib.get_close_matches(str(key), names, n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise ValueError(f"unknown GRO config key '{key}'{hint}")
         return cls(**data)
 
     def to_dict(self) -> dict:
@@ -100,6 +111,21 @@ class GROConfig:
 
     def replace(self, **changes) -> "GROConfig":
         return GROConfig.from_dict({**self.to_dict(), **changes})
+
+
+def _known_keys(init):
+    """GROConfig(**kwargs) and from_dict both reject an unknown key by name, with the closest field as a hint."""
+    @functools.wraps(init)
+    def checked(self, *args, **kwargs):
+        names = [f.name for f in dataclasses.fields(GROConfig)]
+        for key in kwargs:
+            if key not in names:
+                raise ValueError(f"unknown GRO config key '{key}'{_did_you_mean(key, names)}")
+        init(self, *args, **kwargs)
+    return checked
+
+
+GROConfig.__init__ = _known_keys(GROConfig.__init__)
 
 
 def load_config(path, overrides: Optional[dict] = None) -> GROConfig:
@@ -120,6 +146,22 @@ def load_config(path, overrides: Optional[dict] = None) -> GROConfig:
 
 
 def _validate(c: GROConfig):
+    _check_choices(c)
+    _mode_only(c)
+    _check_counts(c)
+    _check_numbers(c)
+    _check_lists(c)
+    _check_task(c.task, c.task_options)
+    if c.resume and c.overwrite_output_dir:
+        raise ValueError("resume=True and overwrite_output_dir=True contradict each other: resume continues the "
+                         "run in output_dir, overwrite_output_dir deletes it; set one")
+    try:
+        torch.device(c.device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got {c.device!r}") from None
+
+
+def _check_choices(c: GROConfig):
     _choice("mode", c.mode, MODES)
     allowed = PAIR_PRESETS if c.mode == "iterative_dpo" else ONLINE_PRESETS
     _choice("preset", c.preset, allowed, f" for mode '{c.mode}'")
@@ -128,11 +170,17 @@ def _validate(c: GROConfig):
     _choice("lr_scheduler", c.lr_scheduler, SCHEDULERS)
     _choice("dtype", c.dtype, DTYPES)
     _choice("loss_impl", c.loss_impl, ("fused", "materialized"))
+
+
+def _check_counts(c: GROConfig):
     for name in ("num_generations", "prompts_per_step", "num_iterations", "micro_batch_size", "max_steps",
                  "max_new_tokens", "max_prompt_length", "rejection_keep", "ref_refresh_steps", "save_total_limit"):
         _int_at_least(name, getattr(c, name), 1)
     for name in ("warmup_steps", "save_steps", "offline_per_step", "seed"):
         _int_at_least(name, getattr(c, name), 0)
+    for name in ("num_threads", "mini_batch_size"):
+        if getattr(c, name) is not None:
+            _int_at_least(name, getattr(c, name), 1)
     if c.mode in ("online", "hybrid") and c.preset != "remax" and c.num_generations < 2:
         raise ValueError(f"num_generations must be >= 2 for preset '{c.preset}' (group baselines), "
                          f"got {c.num_generations}")
@@ -140,27 +188,113 @@ def _validate(c: GROConfig):
         raise ValueError(f"num_generations must be >= 2 to form best/worst pairs, got {c.num_generations}")
     if c.mode == "rejection_sampling" and c.rejection_keep > c.num_generations:
         raise ValueError(f"rejection_keep ({c.rejection_keep}) must be <= num_generations ({c.num_generations})")
-    _positive("temperature", c.temperature)
-    _positive("learning_rate", c.learning_rate)
-    _positive("adam_eps", c.adam_eps)
+
+
+def _check_numbers(c: GROConfig):
+    for name in ("temperature", "learning_rate", "adam_eps", "max_grad_norm"):
+        if getattr(c, name) is not None:
+            _positive(name, getattr(c, name))
     if not 0.0 < c.top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {c.top_p}")
-    for name in ("beta", "epsilon", "weight_decay"):
-        _nonnegative(name, getattr(c, name))
-    if c.num_threads is not None:
-        _int_at_least("num_threads", c.num_threads, 1)
-    if c.mini_batch_size is not None:
-        _int_at_least("mini_batch_size", c.mini_batch_size, 1)
-    if c.max_grad_norm is not None:
-        _positive("max_grad_norm", c.max_grad_norm)
+    for name in ("beta", "epsilon", "epsilon_high", "weight_decay"):
+        if getattr(c, name) is not None:
+            _nonnegative(name, getattr(c, name))
+    if c.rejection_min_reward is not None and not math.isfinite(c.rejection_min_reward):
+        raise ValueError(f"rejection_min_reward must be a finite number or None, got {c.rejection_min_reward}")
+
+
+def _check_lists(c: GROConfig):
+    _items("adam_betas", c.adam_betas, _NUMBER)
     if len(c.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in c.adam_betas):
-        raise ValueError(f"adam_betas must be two numbers in [0, 1), got {c.adam_betas}")
+        raise ValueError(f"adam_betas must be two numbers in [0, 1), got {list(c.adam_betas)}")
     if c.reward_weights is not None:
-        if not all(isinstance(w, (int, float)) and math.isfinite(w) for w in c.reward_weights):
+        _items("reward_weights", c.reward_weights, _NUMBER)
+        if not all(math.isfinite(w) for w in c.reward_weights):
             raise ValueError(f"reward_weights must be finite numbers, got {c.reward_weights}")
-    for name in ("tiny_model", "task_options", "loss_options"):
-        if not isinstance(getattr(c, name), dict):
-            raise TypeError(f"{name} must be a mapping, got {type(getattr(c, name)).__name__}")
+    _items("rewards", c.rewards, (str, "a 'package.module:function' str or a built-in task name"))
+
+
+_NUMBER = ((int, float), "a number")
+# How a field's declared type reads in an error message (adam_betas is declared a tuple, given as a list).
+_EXPECTED = {bool: "a bool (true/false)", int: "an int", float: "a number", str: "a str", dict: "a mapping",
+             list: "a list", tuple: "a list"}
+_EXPECTED_BY_NAME = {"adam_betas": "a pair of numbers [beta1, beta2]", "reward_weights": "a list of numbers or None"}
+
+
+@functools.lru_cache(maxsize=None)
+def _field_types(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _check_types(c: GROConfig):
+    """Every field against its declared type, so a value of the wrong type (a quoted YAML number, a bare 0.9 for a
+    pair, "false" for a bool) is a TypeError naming the field rather than a surprise further down."""
+    for name, hint in _field_types(type(c)).items():
+        value = getattr(c, name)
+        optional = type(None) in typing.get_args(hint)
+        kind = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
+        if (optional and value is None) or _is(kind, value):
+            continue
+        expected = _EXPECTED_BY_NAME.get(name) or _EXPECTED[kind] + (" or None" if optional else "")
+        raise TypeError(f"{name} must be {expected}, got {value!r} ({type(value).__name__}){_quoted_hint(value)}")
+
+
+def _is(kind, value) -> bool:
+    if isinstance(value, bool):  # bool is an int in Python; as a config value it is neither an int nor a number
+        return kind is bool
+    if kind is float:
+        return isinstance(value, (int, float))
+    if kind in (list, tuple):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, kind)
+
+
+def _quoted_hint(value) -> str:
+    if not isinstance(value, str):
+        return ""
+    try:
+        float(value)
+    except ValueError:
+        return ""
+    return "; YAML reads a quoted number, or one like 1e-5 (no dot), as a string: write 1.0e-5"
+
+
+def _items(name, values, spec):
+    kinds, expected = spec
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, kinds):
+            raise TypeError(f"{name}[{i}] must be {expected}, got {v!r} ({type(v).__name__}){_quoted_hint(v)}")
+
+
+def _mode_only(c: GROConfig):
+    defaults = {f.name: f.default for f in dataclasses.fields(c)}
+    for name, modes in MODE_ONLY.items():
+        value = getattr(c, name)
+        if c.mode not in modes and value != defaults[name]:
+            only = " or ".join(", ".join(f"'{m}'" for m in modes).rsplit(", ", 1))
+            raise ValueError(f"{name}={value!r} is not used by mode '{c.mode}' (only by {only}); remove it or "
+                             f"change mode")
+
+
+def _check_task(task: str, options: dict):
+    """A built-in task name (options: digit_task's keywords), or a .json/.jsonl prompts file (read by the CLI)."""
+    if task.endswith((".json", ".jsonl")):
+        if options:
+            raise ValueError(f"task_options {options} apply to the built-in tasks only, not to the prompts file "
+                             f"'{task}'")
+        return
+    if task not in tasks.TASKS:
+        raise ValueError(f"task must be a built-in task {sorted(tasks.TASKS)} or a .json/.jsonl prompts file, "
+                         f"got '{task}'{_did_you_mean(task, list(tasks.TASKS))}")
+    allowed = [p for p in inspect.signature(tasks.digit_task).parameters if p != "kind"]
+    for key in options:
+        if key not in allowed:
+            raise ValueError(f"task_options has unknown key '{key}'{_did_you_mean(key, allowed)}; allowed: {allowed}")
+
+
+def _did_you_mean(key, names) -> str:
+    close = SYNONYMS.get(key) or (difflib.get_close_matches(str(key), names, n=1) or [None])[0]
+    return f" (did you mean '{close}'?)" if close else ""
 
 
 def _choice(name, value, allowed, suffix=""):

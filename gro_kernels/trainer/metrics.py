@@ -1,35 +1,73 @@
 """Per-step metrics: JSONL log, one-line summaries, peak memory, and the reward/KL plot."""
 
 import json
+import logging
 import math
+import os
+import warnings
 from pathlib import Path
 
 import torch
 
+logger = logging.getLogger("gro_kernels.trainer")
 SUMMARY_KEYS = ("reward_mean", "reward_std", "kl", "loss", "grad_norm", "tokens_per_s")
 
 
 class MetricsLog:
-    """Appends one JSON object per step to `path` (the file survives resume: lines are only appended)."""
+    """One JSON object per step, appended to `path` and never rewritten: a resumed run appends the steps it
+    redoes, and readers (read_metrics) take the last record of each step. A line torn by a kill mid-write is
+    left in place, closed by the next append, and skipped with a warning when read."""
 
     def __init__(self, path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._checked_tail = False
 
     def write(self, record: dict):
         clean = {k: _plain(v) for k, v in record.items()}
         with self.path.open("a") as f:
+            if not self._checked_tail:
+                f.write("\n" if _ends_inside_a_line(self.path) else "")
+                self._checked_tail = True
             f.write(json.dumps(clean) + "\n")
+            f.flush()
+            os.fsync(f.fileno())  # a step's record survives a crash right after it
 
-    def read(self) -> list:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+    def read(self, latest: bool = True) -> list:
+        return read_metrics(self.path, latest)
 
-    def truncate_after(self, step: int):
-        """On resume, drop records of steps after the checkpoint (they will be recomputed)."""
-        kept = [r for r in self.read() if r.get("step", 0) <= step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+def _ends_inside_a_line(path: Path) -> bool:
+    if not path.exists() or path.stat().st_size == 0:
+        return False
+    with path.open("rb") as f:
+        f.seek(-1, os.SEEK_END)
+        torn = f.read(1) != b"\n"
+    if torn:
+        logger.warning(f"{path} ends inside a line (a write cut short); appending from a new line")
+    return torn
+
+
+def read_metrics(path, latest: bool = True) -> list:
+    """The records of a metrics.jsonl: with `latest`, the last record of each step, by step (a resumed run
+    re-logs the steps after its checkpoint); else every record in file order. Lines that are not valid
+    JSON (a write cut short) are skipped with a warning."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            warnings.warn(f"{path.name} line {number}: skipped, not valid JSON (a write cut short?): {line[:60]!r}",
+                          stacklevel=2)
+    if not latest:
+        return records
+    by_step = {r.get("step"): r for r in records}
+    return [by_step[k] for k in sorted(by_step, key=lambda k: (k is None, k if isinstance(k, int) else 0))]
 
 
 def _plain(v):

@@ -20,13 +20,14 @@ ROW_KEYS = ("advantages", "online", "pair_ids", "chosen", "desirable")
 
 
 def preset_for(config) -> ObjectiveConfig:
-    """The GRO objective of a run: the preset, loss_options applied, mixed rows for hybrid."""
+    """The GRO objective of a run: the preset, beta and the clip range (epsilon, epsilon_high), loss_options
+    applied, mixed rows for hybrid. The one place where GROConfig's loss settings become the loss."""
     base = gro_kernels.PRESETS[config.preset]
     fields = {f.name for f in dataclasses.fields(ObjectiveConfig)} - {"name", "rows"}
     for key in config.loss_options:
         if key not in fields and key != "scale_rewards":
             raise ValueError(f"loss_options has unknown key '{key}'; allowed: {sorted(fields | {'scale_rewards'})}")
-    options = {k: v for k, v in config.loss_options.items() if k in fields}
+    options = {**_clip_range(base, config), **{k: v for k, v in config.loss_options.items() if k in fields}}
     if config.mode == "hybrid":
         off = gro_kernels.PRESETS[config.offline_preset]
         base = dataclasses.replace(base, name=f"{base.name}+{off.name}", rows="mixed",
@@ -38,6 +39,23 @@ def preset_for(config) -> ObjectiveConfig:
     else:
         base = dataclasses.replace(base, preference_beta=config.beta if config.beta > 0 else base.preference_beta)
     return dataclasses.replace(base, **options)
+
+
+def _clip_range(online: ObjectiveConfig, config) -> dict:
+    """epsilon / epsilon_high with gro_loss's (TRL's) meaning: epsilon is the lower clip, and the upper one too
+    for symmetric presets (dapo, gspo and cispo keep their own upper clip); epsilon_high is the upper clip."""
+    out = {}
+    if config.epsilon is not None:
+        out["epsilon_low"] = config.epsilon
+        if online.epsilon_high == online.epsilon_low:
+            out["epsilon_high"] = config.epsilon
+    if config.epsilon_high is not None:
+        out["epsilon_high"] = config.epsilon_high
+    for name, key in (("epsilon", "epsilon_low"), ("epsilon_high", "epsilon_high")):
+        if getattr(config, name) is not None and key in config.loss_options:
+            raise ValueError(f"{key} is set twice: {name}={getattr(config, name)} and loss_options['{key}']="
+                             f"{config.loss_options[key]}; set it once")
+    return out
 
 
 def needs_reference(preset: ObjectiveConfig, config) -> bool:

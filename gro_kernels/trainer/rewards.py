@@ -17,21 +17,28 @@ class RewardError(RuntimeError):
     """A reward function raised or returned a non-finite value. Names the function and the prompt."""
 
 
-def resolve(spec) -> Callable:
-    """A callable, a built-in task name (e.g. "sort_digits"), or a "package.module:function" spec."""
+def resolve(spec, name: str = "reward") -> Callable:
+    """A callable, a built-in task name (e.g. "sort_digits"), or a "package.module:function" spec.
+    `name` is where the spec came from (e.g. "rewards[1]"), for the error message."""
     if callable(spec):
         return spec
     if not isinstance(spec, str):
-        raise TypeError(f"a reward must be a callable or a 'module:function' string, got {type(spec).__name__}")
+        raise TypeError(f"{name} must be a callable or a 'module:function' str, got {spec!r} ({type(spec).__name__})")
     if spec in tasks.TASKS:
         return tasks.TASKS[spec]
-    module, sep, name = spec.partition(":")
-    if not sep or not module or not name:
-        raise ValueError(f"reward '{spec}' must be a built-in task name {sorted(tasks.TASKS)} "
+    module, sep, attr = spec.partition(":")
+    if not sep or not module or not attr:
+        raise ValueError(f"{name} '{spec}' must be a built-in task name {sorted(tasks.TASKS)} "
                          f"or 'package.module:function'")
-    fn = getattr(importlib.import_module(module), name, None)
+    try:
+        loaded = importlib.import_module(module)
+    except ImportError as err:  # also a missing dependency of the module: the message says which
+        raise ValueError(f"{name} '{spec}': cannot import module '{module}' ({type(err).__name__}: {err}); "
+                         f"expected 'package.module:function' importable from sys.path") from err
+    fn = getattr(loaded, attr, None)
     if not callable(fn):
-        raise ValueError(f"reward '{spec}': module '{module}' has no callable '{name}'")
+        raise ValueError(f"{name} '{spec}': module '{module}' has no callable '{attr}'"
+                         + (f" (it is a {type(fn).__name__})" if fn is not None else ""))
     return fn
 
 

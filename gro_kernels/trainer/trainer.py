@@ -3,6 +3,7 @@
 import logging
 import math
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -41,7 +42,7 @@ class GROTrainer:
         self.config, self.model, self.tokenizer = config, model, tokenizer
         ro.special_ids(tokenizer)
         fns = reward_fns if isinstance(reward_fns, (list, tuple)) else [reward_fns]
-        self.reward_fns = [rw.resolve(f) for f in fns]
+        self.reward_fns = [rw.resolve(f, f"reward_fns[{i}]") for i, f in enumerate(fns)]
         self.reward_weights = rw.check_weights(self.reward_fns, config.reward_weights)
         self.records = _prompt_records(train_prompts, "train_prompts")
         self.offline = objective.offline_records(offline_data, config)
@@ -61,6 +62,8 @@ class GROTrainer:
                                            eps=config.adam_eps, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(config))
         self.output_dir = Path(config.output_dir)
+        if not config.resume:
+            _claim_output_dir(self.output_dir, config, self.dp.rank == 0)
         self.log = mt.MetricsLog(self.output_dir / config.metrics_file)
         self.memory = mt.PeakMemory(next(model.parameters()).device)
         self.step = 0
@@ -198,16 +201,43 @@ class GROTrainer:
                                     reference=ref, keep_last=self.config.save_total_limit)
 
     def resume(self, path=None) -> int:
-        """Load the newest checkpoint (or `path`); the metrics log is cut back to that step."""
-        path = path or ckpt.latest_checkpoint(self.output_dir)
-        if path is None:
-            raise FileNotFoundError(f"resume: no checkpoint under {ckpt.checkpoint_root(self.output_dir)}")
+        """Load the newest intact checkpoint, falling back past damaged ones with a warning (or exactly `path`,
+        verified). Leftovers of an interrupted save are removed. The metrics log is not touched: the steps
+        redone are appended, and readers take the last record of each step."""
+        ckpt.clean_temporaries(self.output_dir)
         ref = self.ref_model if self.config.mode == "iterative_dpo" else None
-        state = ckpt.load_checkpoint(path, policy=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-                                     reference=ref)
+        targets = dict(policy=self.model, optimizer=self.optimizer, scheduler=self.scheduler, reference=ref)
+        if path is None:
+            path, state = ckpt.load_newest_intact(self.output_dir, **targets)
+        else:
+            state = ckpt.load_checkpoint(path, **targets)
         self.step = int(state["step"])
-        self.log.truncate_after(self.step)
+        logger.info(f"resumed from {path} (step {self.step})")
         return self.step
+
+
+def _claim_output_dir(path: Path, config: GROConfig, main_rank: bool):
+    """A fresh run needs an empty output_dir: an old run's checkpoints would be pruned by step number along
+    with the new ones (and be resumed as if they were the new run's), and its metrics mixed in. With
+    overwrite_output_dir the trainer's own files (checkpoints, metrics, curves) go first; nothing else does."""
+    held = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    if not held:
+        return
+    if not config.overwrite_output_dir:
+        shown = held[:5] + (["..."] if len(held) > 5 else [])
+        raise ValueError(f"output_dir '{path}' is not empty (holds {shown}); a fresh run needs an empty one: pass "
+                         f"resume=True (--resume) to continue the run there, or overwrite_output_dir=True "
+                         f"(--set overwrite_output_dir=true) to delete its checkpoints and metrics first")
+    if not main_rank:  # rank 0 alone deletes (and writes) in output_dir
+        return
+    for own in (ckpt.checkpoint_root(path), path / config.metrics_file, path / "curves.png"):
+        if own.is_dir():
+            shutil.rmtree(own)
+        elif own.exists():
+            own.unlink()
+        else:
+            continue
+        logger.warning(f"overwrite_output_dir: removed {own}")
 
 
 def _prompt_records(prompts, name) -> List[dict]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gro_kernels.trainer import GROConfig, RewardError, checkpoint, load_config, rewards, rollout
+from gro_kernels.trainer import GROConfig, RewardError, checkpoint, cli, load_config, rewards, rollout
 from gro_kernels.trainer.cli import parse_overrides
 
 from tests.support.trainer_support import OFFLINE_PAIRS, make_trainer, prompts, tiny_model, tokenizer
@@ -36,6 +36,38 @@ def test_unknown_config_key_is_named():
 def test_bad_config_values(changes, match):
     with pytest.raises(ValueError, match=match):
         GROConfig(**changes)
+
+
+@pytest.mark.parametrize("make, error, match", [
+    (lambda: GROConfig.from_dict({"group_size": "4"}), ValueError,
+     r"unknown GRO config key 'group_size' \(did you mean 'num_generations'\?\)"),
+    (lambda: GROConfig(group_size=4), ValueError, r"unknown GRO config key 'group_size' \(did you mean"),
+    (lambda: GROConfig(num_generations="4"), TypeError, r"num_generations must be an int, got '4' \(str\); YAML"),
+    (lambda: GROConfig(adam_betas=0.9), TypeError, r"adam_betas must be a pair of numbers \[beta1, beta2\], got 0\.9 "
+                                                   r"\(float\)"),
+    (lambda: GROConfig(adam_betas=["0.9", 0.99]), TypeError, r"adam_betas\[0\] must be a number, got '0\.9' \(str\)"),
+    (lambda: GROConfig(learning_rate="1e-5"), TypeError,
+     r"learning_rate must be a number, got '1e-5' \(str\).*1\.0e-5"),
+    (lambda: GROConfig(plot="false"), TypeError, r"plot must be a bool \(true/false\), got 'false' \(str\)"),
+    (lambda: GROConfig(rewards="m:f"), TypeError, r"rewards must be a list, got 'm:f' \(str\)"),
+    (lambda: GROConfig(task="sort_digit"), ValueError,
+     r"task must be a built-in task \['echo_digits', 'sort_digits'\] or a \.json/\.jsonl prompts file, got "
+     r"'sort_digit' \(did you mean 'sort_digits'\?\)"),
+    (lambda: GROConfig(task="p.jsonl", task_options={"length": 3}), ValueError,
+     r"task_options \{'length': 3\} apply to the built-in tasks only, not to the prompts file 'p\.jsonl'"),
+    (lambda: GROConfig(device="gpu"), ValueError,
+     r"device must be a torch device such as 'cpu' or 'cuda:0', got 'gpu'"),
+], ids=["group_size-key", "group_size-kwarg", "G-str", "betas-float", "betas-str", "yaml-1e-5", "bool-str",
+        "rewards-str", "task-name", "task-options-file", "device"])
+def test_config_messages_name_field_expected_and_actual(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+def test_yaml_quoted_number_is_named(tmp_path):
+    (tmp_path / "a.yaml").write_text('num_generations: "4"\nlearning_rate: 1e-5\n')
+    with pytest.raises(TypeError, match=r"num_generations must be an int, got '4' \(str\)"):
+        load_config(tmp_path / "a.yaml")
 
 
 def test_load_yaml_json_and_overrides(tmp_path):
@@ -132,6 +164,34 @@ def test_reward_errors_name_function_and_prompt(fn, match):
     records = [{"prompt": "12>"}, {"prompt": "51>"}]
     with pytest.raises(RewardError, match=match):
         rewards.score([fn], [1.0], records, ["x", "y", "z"], [0, 0, 1], dataset_index=[10, 12])
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("no_such_module_xyz:score", r"reward_fns\[0\] 'no_such_module_xyz:score': cannot import module "
+                                 r"'no_such_module_xyz' \(ModuleNotFoundError: No module named 'no_such_module_xyz'\)"),
+    ("json:no_such_fn", r"reward_fns\[0\] 'json:no_such_fn': module 'json' has no callable 'no_such_fn'"),
+    ("sort_digit", r"reward_fns\[0\] 'sort_digit' must be a built-in task name \['echo_digits', 'sort_digits'\] or "
+                   r"'package.module:function'"),
+], ids=["no-module", "no-function", "no-task"])
+def test_reward_specs_name_the_argument(tmp_path, spec, match):
+    with pytest.raises(ValueError, match=match):
+        make_trainer(tmp_path, reward=spec)
+
+
+def test_cli_names_the_config_field(tmp_path):
+    base = dict(tiny_model=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                                num_key_value_heads=2, max_position_embeddings=32),
+                max_prompt_length=8, max_new_tokens=4, output_dir=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match=r"rewards\[1\] 'no_such_module_xyz:f': cannot import module"):
+        cli.build_trainer(GROConfig(rewards=["sort_digits", "no_such_module_xyz:f"], **base))
+    with pytest.raises(ValueError, match=r"task 'missing\.jsonl': no such prompts file"):
+        cli.build_trainer(GROConfig(task="missing.jsonl", rewards=["sort_digits"], **base))
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "12>", "target": "12"}) + "\n")
+    with pytest.raises(ValueError, match=r"rewards is empty and task '.*p\.jsonl' is a prompts file, which brings no "
+                                         r"reward; set rewards: \['package\.module:function'\]"):
+        cli.build_trainer(GROConfig(task=str(tmp_path / "p.jsonl"), **base))
+    with pytest.raises(ValueError, match=r"task_options has unknown key 'num_prompt' \(did you mean 'num_prompts'\?\)"):
+        cli.build_trainer(GROConfig(task_options={"num_prompt": 3}, **base))
 
 
 def test_rewards_weighted_sum_and_specs():
