@@ -112,10 +112,11 @@ void mm_lowp_f32(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b
               b.scalar_type());
   TORCH_CHECK(out.scalar_type() == at::kFloat && out.stride(1) == 1, "gro_C: mm_lowp_f32_ needs an fp32 out with "
               "unit column stride");
-  // A transposed operand (e.g. the head's W^T) would need a transposing copy before the micro-kernel
-  // (it packs row-major B and reads row-major A); MKL reads it as it is.
-  const bool transposed = is_transposed(a) || is_transposed(b);
-  if (!has_micro_kernel(a.scalar_type()) || (transposed && has_mkl(a.scalar_type()))) {
+  // The micro-kernel reads row-major A and packs row-major B. A transposed B no larger than A (the chunk's
+  // hidden rows h^T) is copied before packing, which costs little; a transposed A, or a transposed B
+  // larger than A (the head's W^T), would need a large transposing copy: MKL reads those as they are.
+  const bool needs_mkl = is_transposed(a) || (is_transposed(b) && b.numel() > a.numel());
+  if (!has_micro_kernel(a.scalar_type()) || (needs_mkl && has_mkl(a.scalar_type()))) {
     TORCH_CHECK(has_mkl(a.scalar_type()), "gro_C: no ", a.scalar_type(), " GEMM with an fp32 result on this CPU");
     mkl_gemm(a, b, out, accumulate);
     return;
