@@ -10,7 +10,8 @@ import os
 
 import torch
 
-CHUNK_SIZE_ENV = "GRO_CHUNK_SIZE"
+from .ops.common.chunking import env_chunk_size
+
 
 
 class TritonDeviceError(ValueError, RuntimeError):
@@ -155,18 +156,9 @@ def check_chunk_size(chunk_size):
 
 
 def check_chunk_size_env():
-    """GRO_CHUNK_SIZE, when set, must be a positive int. The chunk loops (ops/*/chunked.py) read it where no
-    argument name is known, and would raise a bare int() error or clamp 0 and negatives to 1; every call
-    that can reach them checks it here first."""
-    raw = os.environ.get(CHUNK_SIZE_ENV)
-    if not raw:
-        return
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise ValueError(f"{CHUNK_SIZE_ENV} must be a positive int (rows per chunk) or unset, got {raw!r}")
+    """GRO_CHUNK_SIZE, when set, must be a positive int: checked at the boundary with the rule the chunk loops
+    (ops/*/chunked.py) read it by, so every call that can reach them answers before any work."""
+    env_chunk_size()
 
 
 def check_kl_inputs(hidden, weight, ref_hidden, ref_weight, bias, ref_bias, mask, temperature, chunk_size):

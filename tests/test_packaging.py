@@ -83,7 +83,7 @@ ALLOWED = {
                            "gro_kernels._validate", "gro_kernels._ext"),
     "gro_kernels.functional": ("gro_kernels.ops.", "gro_kernels._validate", "gro_kernels._ext"),
     "gro_kernels.presets": (),
-    "gro_kernels._validate": (),
+    "gro_kernels._validate": ("gro_kernels.ops.common.chunking",),
     "gro_kernels._ext": (),
     "gro_kernels.ops.common": ("gro_kernels.ops.common", "gro_kernels._ext"),
 }

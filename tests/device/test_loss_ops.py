@@ -14,6 +14,7 @@ from gro_kernels.ops.group_advantages.naive import group_advantages_naive
 from gro_kernels.ops.policy_loss import function as policy_function
 from tests.device.common import assert_within_naive_error, err, require_native, require_triton, triton_param
 from tests.support import reference_losses as R
+from tests.support.policy_batches import batch
 
 
 # ---------------------------------------------------------------------------------------------- exact_kl
@@ -142,7 +143,6 @@ def test_group_advantages_match_loop_spec(device, impl, mode, scale, layout, mon
 
 
 # ------------------------------------------------------------------------------------- policy token epilogue
-B, T = 5, 7
 # id: (policy_loss options, R.policy_per_token options, R.aggregate mode)
 POLICY_CASES = {
     "dapo-clip-k3": (dict(loss_type="dapo", epsilon_high=0.28, beta=0.04),
@@ -157,17 +157,6 @@ POLICY_CASES = {
                       dict(is_level="sequence", eps_low=0.1, eps_high=0.1), "seq_mean_token_mean"),
 }
 POLICY_IMPLS = [pytest.param("auto", id="auto"), triton_param("triton", id="triton")]
-
-
-def _policy_batch(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
-    lp = -r(B, T).abs() - 0.5
-    mask = torch.ones(B, T, dtype=torch.bool)
-    mask[0, 5:] = False
-    mask[3, 2:] = False
-    return dict(lp=lp, old=lp + 0.3 * r(B, T), ref=lp + 0.3 * r(B, T), rollout=lp + 0.3 * r(B, T),
-                ent=r(B, T).abs(), adv=2 * r(B), mask=mask)
 
 
 def _policy(d, options, device, upstream):
@@ -196,7 +185,7 @@ def test_policy_epilogue_matches_torch_path_and_fp64(device, impl, case, monkeyp
     if impl == "triton":
         require_triton(device)
     options, ref_options, aggregation = POLICY_CASES[case]
-    d, upstream = _policy_batch(), 1.7
+    d, upstream = batch(), 1.7
     reference = _policy_reference(d, ref_options, aggregation, upstream)
     monkeypatch.setenv("GRO_BACKEND", "naive")  # the torch path, on the same device
     torch_path, torch_metrics = _policy(d, options, device, upstream)

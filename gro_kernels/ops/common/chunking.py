@@ -14,5 +14,5 @@ def env_chunk_size() -> Optional[int]:
     except ValueError:
         rows = 0
     if rows <= 0:
-        raise ValueError(f"GRO_CHUNK_SIZE must be a positive int (rows per chunk), got {raw!r}")
+        raise ValueError(f"GRO_CHUNK_SIZE must be a positive int (rows per chunk) or unset, got {raw!r}")
     return rows
