@@ -228,9 +228,8 @@ def check_cu_seqlens(cu_seqlens, n_total: int, device) -> torch.Tensor:
     """Sequence boundaries of a packed batch, as flash-attention's varlen API takes them: a 1-D int32/int64
     tensor [B + 1] on hidden's device, cu_seqlens[0] = 0, non-decreasing, cu_seqlens[-1] = N_total (hidden's
     rows). Returns them as int64 on the host: the packed layout needs the lengths there anyway (its padded
-    width), so the value checks cost no extra sync. While torch.compile traces they are not read."""
+    width), so the value checks cost no extra sync. While torch.compile traces the value checks are skipped."""
     require_tensor("cu_seqlens", cu_seqlens)
-    require_data("cu_seqlens", cu_seqlens)
     if cu_seqlens.dim() != 1 or cu_seqlens.numel() == 0:
         raise ValueError(f"cu_seqlens must be a 1-D tensor [B + 1] of sequence offsets (cu_seqlens[0] = 0, "
                          f"cu_seqlens[-1] = N_total = {n_total}), got {describe(cu_seqlens)}")
@@ -238,6 +237,7 @@ def check_cu_seqlens(cu_seqlens, n_total: int, device) -> torch.Tensor:
         raise TypeError(f"cu_seqlens must be an int32 or int64 tensor, got {describe(cu_seqlens)}")
     if cu_seqlens.device != torch.device(device):
         raise ValueError(f"cu_seqlens must be on hidden's device ({device}), got {describe(cu_seqlens)}")
+    require_data("cu_seqlens", cu_seqlens)
     host = cu_seqlens.to(device="cpu", dtype=torch.int64)
     if not checking_values():
         return host
