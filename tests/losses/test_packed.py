@@ -306,6 +306,8 @@ BAD_INPUTS = [
      rf"mask must have shape \({N_TOTAL},\)"),
     ("old_logprobs", dict(advantages=torch.randn(B), old_logprobs=torch.randn(B, T)), ValueError,
      rf"old_logprobs must have shape \({N_TOTAL},\) \(one value per token\)"),
+    ("ref_hidden", dict(advantages=torch.randn(B), beta=0.1, ref_hidden=torch.randn(B, T, H)), ValueError,
+     rf"ref_hidden must have the leading shape of hidden \({N_TOTAL},\)"),
     ("ref_logprobs", dict(preset="kto", desirable=torch.ones(B, dtype=torch.bool), ref_logprobs=torch.randn(B)),
      ValueError, rf"ref_logprobs must have shape \({N_TOTAL},\)"),
 ]
