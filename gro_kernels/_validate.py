@@ -212,3 +212,49 @@ def check_head(h_name, hidden, w_name, weight, b_name, bias, like=None):
         require_data(h_name, hidden)
     lead_shape = hidden.shape[:-1]
     return hidden.reshape(-1, hidden.shape[-1]).contiguous(), weight.contiguous(), bias, lead_shape
+
+
+# ---- packed (padding-free) batches: cu_seqlens ----
+
+def check_cu_seqlens(cu_seqlens, n_total: int, device) -> torch.Tensor:
+    """Sequence boundaries of a packed batch, as flash-attention's varlen API takes them: a 1-D int32/int64
+    tensor [B + 1] on hidden's device, cu_seqlens[0] = 0, non-decreasing, cu_seqlens[-1] = N_total (hidden's
+    rows). Returns them as int64 on the host: the packed layout needs the lengths there anyway (its padded
+    width), so the value checks cost no extra sync. While torch.compile traces the value checks are skipped."""
+    require_tensor("cu_seqlens", cu_seqlens)
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() == 0:
+        raise ValueError(f"cu_seqlens must be a 1-D tensor [B + 1] of sequence offsets (cu_seqlens[0] = 0, "
+                         f"cu_seqlens[-1] = N_total = {n_total}), got {describe(cu_seqlens)}")
+    if cu_seqlens.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"cu_seqlens must be an int32 or int64 tensor, got {describe(cu_seqlens)}")
+    if cu_seqlens.device != torch.device(device):
+        raise ValueError(f"cu_seqlens must be on hidden's device ({device}), got {describe(cu_seqlens)}")
+    require_data("cu_seqlens", cu_seqlens)
+    host = cu_seqlens.to(device="cpu", dtype=torch.int64)
+    if not checking_values():
+        return host
+    if int(host[0]) != 0:
+        raise ValueError(f"cu_seqlens must start at 0, got cu_seqlens[0] = {int(host[0])}")
+    steps = host[1:] - host[:-1]
+    if bool((steps < 0).any()):
+        i = int((steps < 0).nonzero()[0, 0])
+        raise ValueError(f"cu_seqlens must be non-decreasing (sequence lengths >= 0), got cu_seqlens[{i}] = "
+                         f"{int(host[i])} > cu_seqlens[{i + 1}] = {int(host[i + 1])}")
+    if int(host[-1]) != n_total:
+        raise ValueError(f"cu_seqlens[-1] must equal N_total = {n_total} (the packed tokens: hidden.shape[0]), "
+                         f"got {int(host[-1])}")
+    return host
+
+
+def check_packed_head(hidden, targets, cu_seqlens) -> torch.Tensor:
+    """A packed LM-head call: hidden [N_total, H], targets [N_total], and cu_seqlens over those N_total rows.
+    Returns cu_seqlens on the host as int64 (check_cu_seqlens)."""
+    require_tensor("hidden", hidden)
+    if hidden.dim() != 2:
+        raise ValueError(f"hidden must be [N_total, H] (flat tokens) when cu_seqlens is given, got "
+                         f"{describe(hidden)}")
+    require_tensor("targets", targets)
+    if targets.dim() != 1 or targets.shape[0] != hidden.shape[0]:
+        raise ValueError(f"targets must be [N_total] = ({hidden.shape[0]},) when cu_seqlens is given, got "
+                         f"{describe(targets)}")
+    return check_cu_seqlens(cu_seqlens, hidden.shape[0], hidden.device)

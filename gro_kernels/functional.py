@@ -20,7 +20,7 @@ from .ops.linear_logprobs import function as _lp
 def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                     bias: Optional[torch.Tensor] = None, *, temperature: float = 1.0, ignore_index: int = -100,
                     return_entropy: bool = False, backend: str = "auto", chunk_size: Optional[int] = None,
-                    process_group=None, vocab_start: Optional[int] = None):
+                    process_group=None, vocab_start: Optional[int] = None, cu_seqlens: Optional[torch.Tensor] = None):
     """Log-probabilities of `targets` under softmax((hidden @ weight.T + bias) / temperature).
 
     Never materializes the [N, V] logits (except backend="naive"). Differentiable w.r.t. hidden,
@@ -41,10 +41,15 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
             [0, V), uneven allowed); targets are global ids; hidden, targets and the loss downstream are
             the same on every rank. Every rank gets the full-vocabulary logprobs/entropy, its own
             dweight shard and the full dhidden.
+        cu_seqlens: sequence offsets [B + 1] of a packed batch (int32/int64, flash-attention varlen: 0,
+            non-decreasing, last = N), so callers can pass one layout everywhere. The head is row-wise, so
+            it only checks them (hidden must be [N, H], targets [N]) and otherwise runs as on [N, H].
 
     Returns:
         logprobs fp32 of hidden's leading shape, or (logprobs, entropy) with return_entropy.
     """
+    if cu_seqlens is not None:
+        v.check_packed_head(hidden, targets, cu_seqlens)
     if process_group is not None or vocab_start is not None:
         return _linear_logprobs_vocab_parallel(hidden, weight, targets, bias, process_group, vocab_start,
                                                temperature=temperature, ignore_index=ignore_index,

@@ -185,6 +185,20 @@ CASES += _cases("linear_logprobs", [
     ("backend='naive', return_entropy=True", lambda: lp(backend="naive", return_entropy=True), OK),
 ])
 
+CU = torch.tensor([0, 5, 5, 6, 12])  # a packed batch of B = 4 sequences over H2's N = 12 rows (one empty)
+
+CASES += _cases("linear_logprobs", [
+    ("cu_seqlens float", lambda: lp(cu_seqlens=CU.float()),
+     raises(TypeError, r"cu_seqlens must be an int32 or int64 tensor")),
+    ("cu_seqlens [1, B + 1]", lambda: lp(cu_seqlens=CU[None]), raises(ValueError, r"cu_seqlens must be a 1-D tensor")),
+    ("cu_seqlens on meta, hidden on cpu", lambda: lp(cu_seqlens=meta(CU)),
+     raises(ValueError, r"cu_seqlens must be on hidden's device \(cpu\)")),
+    ("cu_seqlens[-1] != N", lambda: lp(cu_seqlens=CU.clamp(max=11)),
+     raises(ValueError, r"cu_seqlens\[-1\] must equal N_total = 12.*got 11")),
+    ("cu_seqlens with hidden [B, T, H]", lambda: lp(hidden=HID, targets=Y, cu_seqlens=CU),
+     raises(ValueError, r"hidden must be \[N_total, H\] \(flat tokens\) when cu_seqlens is given")),
+])
+
 CASES += _cases("linear_logprobs_no_grad", [
     ("temperature=0.0", lambda: G.linear_logprobs_no_grad(H2, W, Y2, temperature=0.0), raises(ValueError, TEMP)),
     ("a target id == V", lambda: G.linear_logprobs_no_grad(HID, W, Y_HIGH), raises(ValueError, r"row 4 has 11")),
@@ -408,6 +422,15 @@ CASES += _cases("gro_loss", [
      raises(ValueError, r"GRO_BACKEND=triton needs CUDA tensors.*hidden is on cpu"), {"GRO_BACKEND": "triton"}),
     ("hidden [N, H] (not a [B, T] batch)", lambda: gro(hidden=H2, targets=Y2),
      raises(ValueError, r"gro_loss needs a \[B, T\] batch")),
+    ("packed, cu_seqlens not from 0", lambda: gro(hidden=H2, targets=Y2, cu_seqlens=CU + 1),
+     raises(ValueError, r"cu_seqlens must start at 0, got cu_seqlens\[0\] = 1")),
+    ("packed, cu_seqlens decreasing", lambda: gro(hidden=H2, targets=Y2, cu_seqlens=torch.tensor([0, 6, 5, 6, 12])),
+     raises(ValueError, r"cu_seqlens must be non-decreasing")),
+    ("packed, old_logprobs [B, T]", lambda: gro(hidden=H2, targets=Y2, cu_seqlens=CU, old_logprobs=LP),
+     raises(ValueError, r"old_logprobs must have shape \(12,\) \(one value per token\)")),
+    ("packed, rewards [N_total]", lambda: gro(hidden=H2, targets=Y2, cu_seqlens=CU, advantages=None,
+                                              rewards=torch.randn(12), group_size=2),
+     raises(ValueError, r"rewards must have one entry per row: shape \(4,\)")),
     ("every tensor on meta", lambda: gro(hidden=meta(HID), weight=meta(W), targets=meta(Y), advantages=meta(ADV)),
      raises(ValueError, r"hidden " + META)),
     # item 2: two options that set the same thing

@@ -40,6 +40,18 @@ def token_tensor(name, t, shape, *, device=None):
     return t
 
 
+def ref_hidden_tensor(t, lead_shape):
+    """ref_hidden: hidden's leading shape ([B, T], or [N_total] for a packed batch) and its own width H'. Checked
+    here, since the reference stream would otherwise blame targets for the mismatch."""
+    if t is None:
+        return None
+    v.require_tensor("ref_hidden", t)
+    if t.dim() != len(lead_shape) + 1 or tuple(t.shape[:-1]) != tuple(lead_shape):
+        raise ValueError(f"ref_hidden must have the leading shape of hidden {tuple(lead_shape)} (plus its own "
+                         f"width H'), got {v.describe(t)}")
+    return t
+
+
 def bool_tensor(name, t, shape):
     if t is None:
         return None

@@ -184,6 +184,7 @@ def check_batch_inputs(cfg: GROObjective, inputs: dict, batch: int, shape, devic
         c.row_tensor(name, inputs[name], batch, device=device)
     for name in ("old_logprobs", "ref_logprobs", "rollout_logprobs"):
         c.token_tensor(name, inputs[name], shape, device=device)
+    c.ref_hidden_tensor(inputs["ref_hidden"], shape)
     check_aggregation_counts(inputs)
     v.require_positive_finite("eps", inputs["eps"])
     if cfg.has_online and cfg.tis_cap is not None and inputs["rollout_logprobs"] is None:

@@ -14,6 +14,7 @@ import torch
 from .. import _validate as v
 from .. import functional as F
 from . import checks as c
+from . import layout as _layout
 from .config import check_batch_inputs, objective_preference_config, resolve_config
 from ..ops.common import dispatch
 from ..ops.group_advantages import function as _adv
@@ -27,8 +28,8 @@ FUSED_TOKEN_FN = "gro.policy_token"
 class GROOutput(NamedTuple):
     loss: torch.Tensor              # 0-d fp32, differentiable
     metrics: dict                   # name -> 0-d fp32 tensor (detached)
-    logprobs: torch.Tensor          # [B, T] fp32, detached (reusable as old logprobs)
-    entropy: Optional[torch.Tensor]  # [B, T] fp32 detached, or None
+    logprobs: torch.Tensor          # [B, T] fp32, detached (reusable as old logprobs); [N_total] when packed
+    entropy: Optional[torch.Tensor]  # like logprobs, or None
 
 
 def _fused_module():
@@ -113,8 +114,9 @@ def _advantages(cfg, inputs, batch, shape, online, m_on, ref, current_lp):
     return torch.where(online, adv, 0.0)
 
 
-def _reference(cfg, inputs, hidden, weight, targets, opts):
-    """Reference logprobs [B, T]: given, or streamed from ref_hidden/ref_weight with no grad; None if unused."""
+def _reference(cfg, inputs, weight, targets, opts, layout):
+    """Reference logprobs on the [B, T] grid: given, or streamed from ref_hidden/ref_weight (the head's layout,
+    like hidden) with no grad; None if unused."""
     ref = inputs["ref_logprobs"]
     online_needs = cfg.has_online and cfg.kl_coef != 0.0 and cfg.kl_estimator != "exact"
     offline_needs = cfg.has_offline and cfg.offline_loss in _pref.NEEDS_REFERENCE
@@ -124,19 +126,21 @@ def _reference(cfg, inputs, hidden, weight, targets, opts):
         why = "its KL term (beta > 0)" if online_needs else f"the {cfg.offline_loss} implicit reward"
         raise ValueError(f"preset {cfg.name!r} needs ref_logprobs= (or ref_hidden= with ref_weight=) for {why}")
     ref_weight = weight if inputs["ref_weight"] is None else inputs["ref_weight"]
-    return F.linear_logprobs_no_grad(inputs["ref_hidden"], ref_weight, targets, inputs["ref_bias"], **opts)
+    ref = F.linear_logprobs_no_grad(inputs["ref_hidden"], ref_weight, targets, inputs["ref_bias"], **opts)
+    return layout.grid(ref)
 
 
-def _exact_kl_term(cfg, inputs, hidden, weight, bias, m_on, scale, opts):
-    """kl_coef * sum s_t KL_t with the exact streamed KL (differentiable), and the KL metric."""
+def _exact_kl_term(cfg, inputs, hidden, weight, bias, m_on, scale, opts, layout):
+    """kl_coef * sum s_t KL_t with the exact streamed KL (differentiable), and the KL metric. The KL runs on the
+    head's rows (flat when packed); m_on and scale come from the grid."""
     if inputs["ref_hidden"] is None:
         raise ValueError("kl_estimator='exact' needs ref_hidden= (and ref_weight=, else the policy head is used)")
     ref_weight = weight if inputs["ref_weight"] is None else inputs["ref_weight"]
     kl = F.exact_kl(hidden, weight, inputs["ref_hidden"], ref_weight, bias=bias, ref_bias=inputs["ref_bias"],
-                    mask=m_on, temperature=opts["temperature"], chunk_size=opts["chunk_size"],
+                    mask=layout.head(m_on), temperature=opts["temperature"], chunk_size=opts["chunk_size"],
                     process_group=opts["process_group"], vocab_start=opts["vocab_start"])
     count = m_on.sum().to(torch.float32).clamp(min=1.0)
-    return cfg.kl_coef * (kl * scale).sum(), kl.detach().sum() / count
+    return cfg.kl_coef * (kl * layout.head(scale)).sum(), kl.detach().sum() / count
 
 
 def _use_fused(cfg, grad_in_forward, inputs, opts, hidden_size):
@@ -159,27 +163,30 @@ def _use_fused(cfg, grad_in_forward, inputs, opts, hidden_size):
     return _fused_module() is not None
 
 
-def _online_fused(hidden, weight, bias, targets, adv, scale, m_on, inputs, ref, tok_cfg, want_entropy, opts):
+def _online_fused(hidden, weight, bias, targets, adv, scale, m_on, inputs, ref, tok_cfg, want_entropy, opts, layout):
+    """The grad-in-forward op on the head's rows. Its per-token args are built on the [B, T] grid and taken back
+    to head order (flat tokens when packed); logprobs / entropy come back in the head's shape."""
     ftl = _fused_module()
-    shape = m_on.shape
-    adv_t = _pl.token_advantages(adv, shape)
+    adv_t = _pl.token_advantages(adv, m_on.shape)
     present = [(inputs["old_logprobs"]), ref, inputs["rollout_logprobs"] if tok_cfg.tis_cap is not None else None]
-    args = [adv_t.reshape(-1), scale.reshape(-1), m_on.reshape(-1).float()]
-    args += [t.reshape(-1).float() for t in present if t is not None]
+    flat = lambda t: layout.head(t).reshape(-1).float()  # noqa: E731
+    args = [flat(adv_t), flat(scale), flat(m_on)] + [flat(t) for t in present if t is not None]
     params = _encode(tok_cfg, *(t is not None for t in present))
     h = hidden.reshape(-1, hidden.shape[-1])
     loss, lp, ent, extras = ftl.fused_token_loss(h, weight, bias, targets.reshape(-1), FUSED_TOKEN_FN, args, params,
                                                  temperature=opts["temperature"], ignore_index=opts["ignore_index"],
                                                  with_entropy=want_entropy, chunk_size=opts["chunk_size"])
-    ent = ent.reshape(shape) if want_entropy else None
-    return loss, lp.reshape(shape), ent, _pl.token_stats(extras, m_on.reshape(-1), None if ent is None else
-                                                          ent.reshape(-1))
+    stats = _pl.token_stats(extras, layout.head(m_on).reshape(-1), ent if want_entropy else None)
+    ent = ent.reshape(layout.head_shape) if want_entropy else None
+    return loss, lp.reshape(layout.head_shape), ent, stats
 
 
 def gro_loss(hidden, weight, targets, bias=None, *, preset=None, config=None, mask=None, online=None,
              grad_in_forward=None, online_weight=1.0, offline_weight=1.0, return_entropy=False, temperature=1.0,
-             ignore_index=-100, backend="auto", chunk_size=None, process_group=None, vocab_start=None, **kwargs):
-    """Hidden states [B, T, H] -> scalar GRO loss, never materializing [B*T, V] logits.
+             ignore_index=-100, backend="auto", chunk_size=None, process_group=None, vocab_start=None,
+             cu_seqlens=None, **kwargs):
+    """Hidden states [B, T, H] (or packed [N_total, H] with cu_seqlens) -> scalar GRO loss, never materializing
+    [B*T, V] logits.
 
     preset: grpo (the default), bnpo, dr_grpo, dapo, rloo, remax, reinforce_pp, ppo, gspo, cispo, dpo,
     ipo, simpo, kto, cpl; or config=GROObjective(...), not both (score/anchor/magnitude, surrogate, KL,
@@ -188,6 +195,11 @@ def gro_loss(hidden, weight, targets, bias=None, *, preset=None, config=None, ma
     group_size (baseline [B] for remax); old_logprobs, ref_logprobs, rollout_logprobs [B, T]; or
     ref_hidden (+ ref_weight, ref_bias) to stream the reference with no grad; pair_ids + chosen (dpo,
     ipo, simpo, cpl); desirable (kto); global_token_count, max_completion_length, num_sequences.
+    Packed (padding-free) batches: cu_seqlens int32/int64 [B + 1] (flash-attention varlen offsets: 0,
+    non-decreasing, last = N_total) with hidden [N_total, H], targets and every per-token input [N_total]
+    (a 1-D advantages of length B is per sequence, of length N_total per token), per-sequence inputs [B].
+    The loss, metrics and gradients are those of the same sequences padded to T_max (the longest one, also
+    dr_grpo's default max_completion_length); logprobs / entropy come back [N_total]. docs/math.md §5.
     Options: beta (KL coefficient for online presets, implicit-reward scale for offline ones),
     epsilon, epsilon_low, epsilon_high, dual_clip, loss_type, importance_sampling_level,
     scale_rewards, kl_estimator ("k1" | "k2" | "k3" | "k3_st" | "exact"), entropy_coef, tis_cap,
@@ -200,8 +212,8 @@ def gro_loss(hidden, weight, targets, bias=None, *, preset=None, config=None, ma
     Bad input, on every path (grad-in-forward or not): a ValueError / TypeError naming the argument,
     what was expected and what came; options that set the same thing (beta and kl_coef, epsilon and
     epsilon_low, advantages and rewards, ...) are refused together. See docs/bad_inputs.md.
-    Returns GROOutput(loss 0-d fp32, metrics dict of 0-d fp32 tensors, logprobs [B, T] fp32 detached,
-    entropy [B, T] or None).
+    Returns GROOutput(loss 0-d fp32, metrics dict of 0-d fp32 tensors, logprobs [B, T] ([N_total] packed) fp32
+    detached, entropy of the same shape or None).
     """
     inputs, overrides = _split_kwargs(kwargs)
     cfg = resolve_config(preset, config, overrides)
@@ -209,50 +221,53 @@ def gro_loss(hidden, weight, targets, bias=None, *, preset=None, config=None, ma
     head = F.check_head_call(hidden, weight, targets, bias, temperature=temperature, ignore_index=ignore_index,
                              chunk_size=chunk_size, backend=backend,
                              sharded=process_group is not None or vocab_start is not None)
-    if targets.dim() != 2:
-        raise ValueError(f"gro_loss needs a [B, T] batch: hidden [B, T, H] and targets [B, T], got targets "
-                         f"shape {tuple(targets.shape)}")
+    layout = _batch_layout(hidden, targets, cu_seqlens)
     _check_call_options(grad_in_forward, return_entropy, online_weight, offline_weight)
     c.loss_ops_backend("hidden", hidden)
-    batch, shape, device = targets.shape[0], tuple(targets.shape), hidden.device
+    batch, device = layout.batch, hidden.device
     inputs["device"] = device
-    check_batch_inputs(cfg, inputs, batch, shape, device)
+    # Inputs are checked in the caller's layout ([B, T] or [N_total] per token), then moved to the grid.
+    check_batch_inputs(cfg, inputs, batch, layout.head_shape, device)
     opts = dict(temperature=temperature, ignore_index=ignore_index, backend=backend, chunk_size=chunk_size,
                 process_group=process_group, vocab_start=vocab_start)
     m = (targets != ignore_index)
     if mask is not None:
-        m = m & c.bool_tensor("mask", mask, shape).to(device)
+        m = m & c.bool_tensor("mask", mask, layout.head_shape).to(device)
         # Masked tokens are not scored at all: the primitive and the reference stream skip their rows.
         targets = torch.where(m, targets, ignore_index)
         head = head._replace(targets=targets.reshape(-1).to(torch.int64))
+    m = layout.grid(m, False)
+    _token_inputs_to_grid(inputs, layout)
     online = _row_kinds(cfg, online, batch, device)
     m_on = m & online.unsqueeze(1)
     want_entropy = bool(return_entropy) or cfg.entropy_coef != 0.0
-    ref = _reference(cfg, inputs, hidden, weight, targets, opts)
+    ref = _reference(cfg, inputs, weight, targets, opts, layout)
     tok_cfg = _token_config(cfg)
     metrics, loss = {}, torch.zeros((), dtype=torch.float32, device=device)
     scale = None
     if cfg.has_online:
         # seq_mean denominators count the online rows (or a given global number of sequences).
         rows_on = (inputs["num_sequences"] or batch) if cfg.rows == "online" else online.sum()
+        # dr_grpo's L defaults to the grid width: the padded T, or T_max (the longest sequence) when packed.
         scale = _pl.aggregation_scale(m_on, cfg.aggregation, global_token_count=inputs["global_token_count"],
                                       max_completion_length=inputs["max_completion_length"], num_sequences=rows_on)
     if cfg.has_online and _use_fused(cfg, grad_in_forward, inputs, opts, weight.shape[-1]):
-        adv = _advantages(cfg, inputs, batch, shape, online, m_on, ref, None)
+        adv = _advantages(cfg, inputs, batch, layout.grid_shape, online, m_on, ref, None)
         loss, lp, ent, stats = _online_fused(hidden, weight, bias, targets, adv, scale, m_on, inputs, ref, tok_cfg,
-                                             want_entropy, opts)
+                                             want_entropy, opts, layout)
         metrics.update(_pl.metrics(stats, want_entropy, ref is not None))
         return GROOutput(online_weight * loss, metrics, lp, ent)
     lp, ent = _logprobs(head, hidden, weight, targets, bias, want_entropy, opts)
+    lp, ent = layout.grid(lp), None if ent is None else layout.grid(ent)
     if cfg.has_online:
-        adv = _advantages(cfg, inputs, batch, shape, online, m_on, ref, lp.detach())
+        adv = _advantages(cfg, inputs, batch, layout.grid_shape, online, m_on, ref, lp.detach())
         on_loss, stats = _pl.policy_loss(lp, adv, m_on, old_logprobs=inputs["old_logprobs"], ref_logprobs=ref,
                                          rollout_logprobs=inputs["rollout_logprobs"] if cfg.tis_cap else None,
                                          entropy=ent, cfg=tok_cfg, scale=scale,
                                          importance_sampling_level=cfg.importance_sampling_level)
         metrics.update(_pl.metrics(stats, want_entropy, ref is not None))
         if cfg.kl_estimator == "exact" and cfg.kl_coef != 0.0:
-            kl_loss, metrics["kl"] = _exact_kl_term(cfg, inputs, hidden, weight, bias, m_on, scale, opts)
+            kl_loss, metrics["kl"] = _exact_kl_term(cfg, inputs, hidden, weight, bias, m_on, scale, opts, layout)
             on_loss = on_loss + kl_loss
         loss = loss + online_weight * on_loss
         if cfg.has_offline:
@@ -267,7 +282,33 @@ def gro_loss(hidden, weight, targets, bias=None, *, preset=None, config=None, ma
         loss = loss + offline_weight * off_loss
         if cfg.has_online:
             metrics["loss_offline"] = off_loss.detach()
-    return GROOutput(loss, metrics, lp.detach(), None if ent is None else ent.detach())
+    return GROOutput(loss, metrics, layout.head(lp.detach()), None if ent is None else layout.head(ent.detach()))
+
+
+def _batch_layout(hidden, targets, cu_seqlens):
+    """A padded [B, T] batch is its own grid; a packed one gets the index map of its cu_seqlens (layout.py)."""
+    if cu_seqlens is not None:
+        return _layout.packed(hidden, targets, cu_seqlens)
+    if targets.dim() != 2:
+        raise ValueError(f"gro_loss needs a [B, T] batch: hidden [B, T, H] and targets [B, T], got targets "
+                         f"shape {tuple(targets.shape)} (flat packed tokens need cu_seqlens=)")
+    return _layout.padded(*targets.shape)
+
+
+GRID_INPUTS = ("old_logprobs", "ref_logprobs", "rollout_logprobs")
+
+
+def _token_inputs_to_grid(inputs, layout):
+    """The checked per-token inputs on the [B, T] grid (0 on padding, where the mask is False). A 1-D advantages
+    of length B stays per sequence, also when B == N_total (possible only with empty sequences)."""
+    if not layout.packed:
+        return
+    for name in GRID_INPUTS:
+        if inputs[name] is not None:
+            inputs[name] = layout.grid(inputs[name])
+    adv = inputs["advantages"]
+    if adv is not None and adv.shape[0] != layout.batch:
+        inputs["advantages"] = layout.grid(adv)
 
 
 def _logprobs(head, hidden, weight, targets, bias, want_entropy, opts):
@@ -306,7 +347,7 @@ def check_options(preset=None, config=None, **options):
 # gro_loss's named options with their defaults (check_options sees them in **options).
 _CALL_DEFAULTS = dict(mask=None, online=None, grad_in_forward=None, online_weight=1.0, offline_weight=1.0,
                       return_entropy=False, temperature=1.0, ignore_index=-100, backend="auto", chunk_size=None,
-                      process_group=None, vocab_start=None)
+                      process_group=None, vocab_start=None, cu_seqlens=None)
 
 
 def _row_kinds(cfg, online, batch, device):
