@@ -3,8 +3,8 @@
     python -m benchmarks.run [--quick] [--only linear_logprobs,losses,...] [--repeats 3] [--out bench_results]
 
 Families: linear_logprobs (the fused primitive vs bare GEMMs, naive and the peers), losses (GRO losses
-vs bare GEMMs, naive and Liger), vocab_parallel (per-rank memory with the head sharded over 1-3 gloo
-ranks), trainer (GRO trainer steps, fused vs materialized loss), roofline (the Triton kernels on paper).
+vs bare GEMMs, naive and Liger), ragged (a long-tailed GRPO batch padded vs packed), vocab_parallel
+(per-rank memory with the head sharded over 1-3 gloo ranks), trainer (GRO trainer steps, fused vs materialized loss), roofline (the Triton kernels on paper).
 Each family's table is printed once, when it finishes; a progress bar (stderr) follows the long loops.
 Writes <out>/summary.md (every table, with the environment it was measured in) and the per-family
 CSV/JSON files and PNG plots. `make bench` runs it after installing the package and the optional peers.
@@ -15,7 +15,8 @@ import json
 import os
 import time
 
-from benchmarks import bench_linear_logprobs, bench_losses, bench_trainer, bench_vocab_parallel, common, roofline
+from benchmarks import (bench_linear_logprobs, bench_losses, bench_ragged, bench_trainer, bench_vocab_parallel, common,
+                        roofline)
 
 
 def _linear_logprobs(args):
@@ -26,6 +27,11 @@ def _linear_logprobs(args):
 def _losses(args):
     rows = bench_losses.run(args.out, ("grpo", "dpo"), args.repeats, args.quick)
     return "GRO losses (fp32, hidden -> loss, fwd+bwd)", bench_losses.format_table(rows)
+
+
+def _ragged(args):
+    rows = bench_ragged.run(repeats=args.repeats, quick=args.quick, out=args.out)
+    return "Ragged GRPO batch: padded vs packed vs the dense floor", common.format_table(rows, bench_ragged.COLUMNS)
 
 
 def _vocab_parallel(args):
@@ -48,7 +54,8 @@ def _roofline(args):
     return "Triton kernels on H100/H200 (paper roofline, not measured here)", roofline.markdown(roofline.rows())
 
 
-FAMILIES = {"linear_logprobs": _linear_logprobs, "losses": _losses, "vocab_parallel": _vocab_parallel,
+FAMILIES = {"linear_logprobs": _linear_logprobs, "losses": _losses, "ragged": _ragged,
+            "vocab_parallel": _vocab_parallel,
             "trainer": _trainer, "roofline": _roofline}
 
 
