@@ -4,7 +4,8 @@
 
 Families: linear_logprobs (the fused primitive vs bare GEMMs, naive and the peers), losses (GRO losses
 vs bare GEMMs, naive and Liger), ragged (a long-tailed GRPO batch padded vs packed), vocab_parallel
-(per-rank memory with the head sharded over 1-3 gloo ranks), trainer (GRO trainer steps, fused vs materialized loss), roofline (the Triton kernels on paper).
+(per-rank memory with the head sharded over 1-3 gloo ranks), trainer (GRO trainer steps, fused vs
+materialized loss), roofline (the Triton kernels on paper).
 Each family's table is printed once, when it finishes; a progress bar (stderr) follows the long loops.
 Writes <out>/summary.md (every table, with the environment it was measured in) and the per-family
 CSV/JSON files and PNG plots. `make bench` runs it after installing the package and the optional peers.
