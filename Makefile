@@ -10,10 +10,10 @@ setup:
 	$(PIP) install -q $(TORCH_PIN) numpy ninja
 	$(PIP) install -q --no-build-isolation -e ".[test,bench,train]"
 
-# Optional comparison peers for the benchmarks (pin triton first so pip keeps torch's triton).
+# Optional comparison peers for the benchmarks (torch and triton pinned in the same call so pip keeps them).
 setup-peers:
-	$(PIP) install -q "triton==3.8.0" "liger-kernel==0.8.5" "cut-cross-entropy==25.1.1" || \
-		echo "peers not installed: benchmarks will skip Liger-Kernel / Cut Cross-Entropy"
+	$(PIP) install -q $(TORCH_PIN) "triton==3.8.0" "liger-kernel==0.8.5" "cut-cross-entropy==25.1.1" "trl==1.16.0" || \
+		echo "peers not installed: benchmarks will skip Liger-Kernel / Cut Cross-Entropy / TRL"
 
 # Run modes are pytest markers. Triton's interpreter flag is read when kernels are defined, so the
 # interpreter tests (marker `interpreter`) and the AOT compile tests (marker `aot`) each run in their

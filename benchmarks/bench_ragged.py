@@ -25,7 +25,7 @@ import torch
 import gro_kernels
 from benchmarks import common
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = common.DTYPES
 EPS = 0.2
 
 
@@ -149,11 +149,11 @@ COLUMNS = [("dtype", "dtype", None), ("method", "method", None), ("valid_tokens"
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--dtypes", default="fp32,bf16")
+    parser.add_argument("--dtypes", type=common.parse_dtypes, default=tuple(DTYPES))
     parser.add_argument("--quick", action="store_true", help="small shapes (a smoke run)")
     parser.add_argument("--out", default="bench_results")
     args = parser.parse_args(argv)
-    rows = run(tuple(args.dtypes.split(",")), args.repeats, args.quick, args.out)
+    rows = run(args.dtypes, args.repeats, args.quick, args.out)
     print(common.format_table(rows, COLUMNS))
 
 

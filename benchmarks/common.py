@@ -7,6 +7,7 @@ and each reports the median over repeats. Peak memory: each method runs in a fre
 "extra" is VmHWM minus the RSS at that point (docs/testing.md, Memory).
 """
 
+import argparse
 import csv
 import json
 import os
@@ -93,7 +94,7 @@ def environment() -> dict:
         "load_avg": os.getloadavg()[0],
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    for peer in ("liger_kernel", "cut_cross_entropy", "triton"):
+    for peer in ("liger_kernel", "cut_cross_entropy", "trl", "triton"):
         try:
             from importlib.metadata import version
 
@@ -157,3 +158,14 @@ def format_table(rows: list, columns: list) -> str:
 
 
 MB = 2**20
+# The benchmarks' dtype names (--dtypes): bf16 inputs are the fp32 draws rounded, so rows compare like with like.
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def parse_dtypes(text: str) -> tuple:
+    """A comma list of DTYPES names (an argparse type)."""
+    items = tuple(item for item in text.split(",") if item)
+    unknown = [item for item in items if item not in DTYPES]
+    if unknown or not items:
+        raise argparse.ArgumentTypeError(f"unknown dtypes {unknown}; choose from {list(DTYPES)}")
+    return items

@@ -1,10 +1,12 @@
 """The benchmark runner: every benchmark family against its baselines on the device present.
 
-    python -m benchmarks.run [--quick] [--only linear_logprobs,losses,...] [--repeats 3] [--out bench_results]
+    python -m benchmarks.run [--quick] [--only linear_logprobs,losses,...] [--dtypes fp32,bf16] [--repeats 3]
+        [--out bench_results]
 
 Families: linear_logprobs (the fused primitive vs bare GEMMs, naive and the peers), losses (GRO losses
-vs bare GEMMs, naive and Liger), ragged (a long-tailed GRPO batch padded vs packed), vocab_parallel
-(per-rank memory with the head sharded over 1-3 gloo ranks), trainer (GRO trainer steps, fused vs
+vs bare GEMMs, naive and Liger), both with a row per method and dtype of --dtypes in one table; ragged
+(a long-tailed GRPO batch padded vs packed vs the dense floor, fp32 and bf16); vocab_parallel (per-rank
+memory with the head sharded over 1-3 gloo ranks, fp32), trainer (GRO trainer steps, fused vs
 materialized loss), roofline (the Triton kernels on paper).
 Each family's table is printed once, when it finishes; a progress bar (stderr) follows the long loops.
 Writes <out>/summary.md (every table, with the environment it was measured in) and the per-family
@@ -21,17 +23,17 @@ from benchmarks import (bench_linear_logprobs, bench_losses, bench_ragged, bench
 
 
 def _linear_logprobs(args):
-    rows = bench_linear_logprobs.run(args.quick, args.repeats, True, args.out)
-    return "linear_logprobs (fp32)", common.format_table(rows, bench_linear_logprobs.COLUMNS)
+    rows = bench_linear_logprobs.run(args.quick, args.repeats, True, args.out, dtypes=args.dtypes)
+    return f"linear_logprobs ({', '.join(args.dtypes)})", common.format_table(rows, bench_linear_logprobs.COLUMNS)
 
 
 def _losses(args):
-    rows = bench_losses.run(args.out, ("grpo", "dpo"), args.repeats, args.quick)
-    return "GRO losses (fp32, hidden -> loss, fwd+bwd)", bench_losses.format_table(rows)
+    rows = bench_losses.run(args.out, ("grpo", "dpo"), args.repeats, args.quick, args.dtypes)
+    return f"GRO losses ({', '.join(args.dtypes)}, hidden -> loss, fwd+bwd)", bench_losses.format_table(rows)
 
 
 def _ragged(args):
-    rows = bench_ragged.run(repeats=args.repeats, quick=args.quick, out=args.out)
+    rows = bench_ragged.run(args.dtypes, repeats=args.repeats, quick=args.quick, out=args.out)
     return "Ragged GRPO batch: padded vs packed vs the dense floor", common.format_table(rows, bench_ragged.COLUMNS)
 
 
@@ -70,6 +72,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="small shapes: a smoke run of every family")
     parser.add_argument("--only", default=",".join(FAMILIES), help=f"comma list of {list(FAMILIES)}")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtypes", type=common.parse_dtypes, default=tuple(common.DTYPES),
+                        help="dtypes of the linear_logprobs and losses rows (comma list of fp32, bf16)")
     parser.add_argument("--out", default="bench_results")
     args = parser.parse_args(argv)
     families = [f for f in args.only.split(",") if f]
