@@ -317,9 +317,15 @@ COLUMNS = [("shape", "shape", None), ("N", "N", None), ("H", "H", None), ("V", "
 
 
 def run(quick=False, repeats=3, sweep=True, out="bench_results", methods=METHODS, dtypes=tuple(DTYPES),
-        sweep_dtypes=None, modes=MODES):
-    """Main shapes (every method, every dtype), then the N sweep (plots); writes linear_logprobs.csv/.png."""
+        sweep_dtypes=None, modes=MODES, shapes=None):
+    """Main shapes (every method, every dtype; `shapes`: a subset of their names), then the N sweep (plots);
+    writes linear_logprobs.csv/.png."""
     main_shapes = QUICK_MAIN if quick else MAIN_SHAPES
+    if shapes is not None:
+        unknown = sorted(set(shapes) - set(main_shapes))
+        if unknown:
+            raise ValueError(f"unknown shapes {unknown}; choose from {sorted(main_shapes)}")
+        main_shapes = {name: main_shapes[name] for name in shapes}
     sweep_shapes = QUICK_SWEEP if quick else SWEEP
     sweep_dtypes = dtypes if sweep_dtypes is None else sweep_dtypes
     rows = []
@@ -358,11 +364,13 @@ def main(argv=None):
                         help="dtypes of the N sweep (default: --dtypes)")
     parser.add_argument("--modes", type=parse_modes, default=MODES)
     parser.add_argument("--no-sweep", action="store_true", help="skip the N sweep (plots)")
+    parser.add_argument("--shapes", default=None, help=f"comma list of main shapes (default all: {list(MAIN_SHAPES)})")
     parser.add_argument("--out", default="bench_results")
     args = parser.parse_args(argv)
     print(json.dumps(common.environment()))
     rows = run(args.quick, args.repeats, not args.no_sweep, args.out, dtypes=args.dtypes,
-               sweep_dtypes=args.sweep_dtypes, modes=args.modes)
+               sweep_dtypes=args.sweep_dtypes, modes=args.modes,
+               shapes=None if args.shapes is None else args.shapes.split(","))
     print(common.format_table(rows, COLUMNS))
 
 
