@@ -47,7 +47,8 @@ def pack(input_ids, attention_mask, completion_mask, prompt_width: int) -> Packe
     cu[1:] = torch.cumsum(completion_lengths, 0)
     cols = torch.arange(int(cu[-1]), device=keep.device) - cu[:-1].index_select(0, rows)
     index = starts.index_select(0, rows) + prompt_lengths.index_select(0, rows) - 1 + cols
-    positions = torch.cat([torch.arange(int(n), device=keep.device) for n in lengths.tolist()])
+    total = int(lengths.sum())
+    positions = torch.arange(total, device=keep.device) - torch.repeat_interleave(starts, lengths, output_size=total)
     return Packed(input_ids=input_ids[real][None], position_ids=positions[None], index=index,
                   targets=input_ids[:, prompt_width:][keep], cu_seqlens=cu, keep=keep)
 
