@@ -70,6 +70,11 @@ class GROModelLoss(torch.nn.Module):
     forward(input_ids, attention_mask=None, *, targets, first_position=0, position_ids=None, **batch):
     targets [B, C] are the tokens predicted by the hidden states at positions first_position + c
     (ignore_index elsewhere); batch holds gro_loss's per-batch tensors. Returns GROOutput.
+    Packed (padding-free) mode: forward(input_ids [1, L], *, position_ids [1, L] restarting at 0 for each
+    sequence, targets [N_total], targets_index [N_total], cu_seqlens [B + 1], **batch) with no attention_mask
+    (transformers then builds a block-diagonal causal mask from the position_ids): the hidden states at the
+    positions targets_index predict targets, sequence i being rows [cu_seqlens[i], cu_seqlens[i + 1]); batch's
+    per-token tensors are [N_total], as for gro_loss(..., cu_seqlens=).
     """
 
     def __init__(self, model: torch.nn.Module, preset: Optional[str] = None, *, config: Optional[GROObjective] = None,
@@ -84,13 +89,18 @@ class GROModelLoss(torch.nn.Module):
         self.grad_in_forward = grad_in_forward
 
     def forward(self, input_ids, attention_mask=None, *, targets, first_position: int = 0, position_ids=None,
-                **batch):
+                targets_index=None, **batch):
         clash = sorted(set(batch) & set(self.options))
         if clash:
             raise TypeError(f"GROModelLoss got {clash} both at construction and in forward; pass each once")
+        if targets_index is not None:
+            _check_packed_call(input_ids, attention_mask, position_ids, targets_index, batch)
         out = self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
                                        position_ids=position_ids, use_cache=False)
-        hidden = out.last_hidden_state[:, first_position:first_position + targets.shape[1]]
+        if targets_index is None:
+            hidden = out.last_hidden_state[:, first_position:first_position + targets.shape[1]]
+        else:  # the one packed row's hidden states at the completion positions: [N_total, H]
+            hidden = out.last_hidden_state[0].index_select(0, targets_index)
         head = self.model.get_output_embeddings()
         _require_gathered(head.weight)
         return gro_loss(hidden, head.weight, targets, getattr(head, "bias", None), preset=self.preset,
@@ -102,6 +112,24 @@ class GROModelLoss(torch.nn.Module):
             return self.grad_in_forward
         sharded = _fully_sharded(self) or hasattr(weight, "ds_id")  # ds_id: a DeepSpeed ZeRO-3 parameter
         return False if sharded else None
+
+
+def _check_packed_call(input_ids, attention_mask, position_ids, targets_index, batch):
+    """Packed mode's contract; transformers detects packing only without a 2D mask and from position_ids."""
+    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+        raise ValueError(f"GROModelLoss packed mode (targets_index given) takes input_ids [1, L] (one packed row), "
+                         f"got shape {tuple(input_ids.shape)}")
+    if attention_mask is not None:
+        raise ValueError("GROModelLoss packed mode (targets_index given) takes attention_mask=None: with a mask "
+                         "transformers does not build the per-sequence (block-diagonal) causal mask")
+    if position_ids is None or tuple(position_ids.shape) != tuple(input_ids.shape):
+        got = None if position_ids is None else tuple(position_ids.shape)
+        raise ValueError(f"GROModelLoss packed mode needs position_ids of input_ids' shape {tuple(input_ids.shape)}, "
+                         f"restarting at 0 for each sequence; got {got}")
+    if batch.get("cu_seqlens") is None:
+        raise ValueError("GROModelLoss packed mode (targets_index given) needs cu_seqlens [B + 1] of the completions")
+    if targets_index.dim() != 1:
+        raise ValueError(f"targets_index must be 1-D [N_total], got shape {tuple(targets_index.shape)}")
 
 
 def _fully_sharded(module) -> bool:

@@ -78,6 +78,7 @@ class GROConfig:
     lr_scheduler: str = "constant"     # constant | linear | cosine (after warmup)
     warmup_steps: int = 0
     loss_impl: str = "fused"           # fused | materialized (builds [tokens, V] logits; for comparison)
+    padding_free: bool = False         # pack each micro-batch into one row, no padding (eager/sdpa attention)
 
     # Runtime, logging and checkpoints.
     seed: int = 0

@@ -11,7 +11,7 @@ import torch
 import gro_kernels
 from gro_kernels import GROObjective as ObjectiveConfig
 
-from . import distributed, policy
+from . import distributed, packing, policy
 
 PAIR_LOSSES = ("dpo", "ipo", "simpo", "cpl")
 REFERENCE_LOSSES = ("dpo", "ipo", "kto")
@@ -226,10 +226,17 @@ def micro_loss(tr, batch, rows: List[int], norms: dict):
             weights["online_weight"] = int(on.sum()) / max(norms["online_rows"], 1)  # its seq mean is per call
     if preset.has_offline:
         weights["offline_weight"] = int((~on).sum()) / max(norms["offline_rows"], 1)  # pair/row mean per call
-    out = tr.loss_module(ids, attention, targets=targets, first_position=r.prompt_width - 1,
-                         position_ids=policy.position_ids(attention), mask=r.completion_mask[idx], **weights, **inputs)
+    inputs["mask"] = r.completion_mask[idx]
+    if tr.config.padding_free:
+        packed = packing.pack(ids, attention, r.completion_mask[idx], r.prompt_width)
+        inputs = {k: packing.flatten(v, packed.keep) for k, v in inputs.items()}
+        out = tr.loss_module(packed.input_ids, targets=packed.targets, targets_index=packed.index,
+                             position_ids=packed.position_ids, cu_seqlens=packed.cu_seqlens, **weights, **inputs)
+    else:
+        out = tr.loss_module(ids, attention, targets=targets, first_position=r.prompt_width - 1,
+                             position_ids=policy.position_ids(attention), **weights, **inputs)
     if "kl" not in out.metrics and "ref_logprobs" in inputs:  # preference presets report no KL of their own
-        m = r.completion_mask[idx]
+        m = inputs["mask"]
         k3 = gro_kernels.kl_penalty(out.logprobs, inputs["ref_logprobs"], estimator="k3")
         out.metrics["kl"] = (k3 * m).sum() / m.sum().clamp(min=1.0)
         out.metrics["num_tokens"] = m.sum()

@@ -12,6 +12,8 @@ import torch
 
 import gro_kernels
 
+from . import packing
+
 IGNORE_INDEX = -100
 
 
@@ -55,17 +57,32 @@ def head_inputs(model, input_ids, attention_mask, completion_mask, prompt_width)
     return HeadInputs(hidden, head.weight, getattr(head, "bias", None), targets)
 
 
+def packed_head_inputs(model, packed: "packing.Packed") -> HeadInputs:
+    """head_inputs for one packed row: hidden [N_total, H] at the completion positions, targets [N_total]."""
+    out = model.get_decoder()(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False)
+    hidden = out.last_hidden_state[0].index_select(0, packed.index)
+    head = model.get_output_embeddings()
+    return HeadInputs(hidden, head.weight, getattr(head, "bias", None), packed.targets)
+
+
 @torch.no_grad()
 def completion_logprobs(model, input_ids, attention_mask, completion_mask, prompt_width, *, temperature: float,
-                        micro_batch_size: int) -> torch.Tensor:
+                        micro_batch_size: int, padding_free: bool = False) -> torch.Tensor:
     """fp32 [B, C] logprobs of the completion tokens (0 outside the mask), through the no-grad fused path,
-    in micro-batches of rows so the decoder activations stay bounded."""
+    in micro-batches of rows so the decoder activations stay bounded. padding_free: each micro-batch runs
+    as one packed row (packing.py), the same forward the training loss then runs."""
     parts = []
     for start in range(0, input_ids.shape[0], micro_batch_size):
         rows = slice(start, start + micro_batch_size)
-        h = head_inputs(model, input_ids[rows], attention_mask[rows], completion_mask[rows], prompt_width)
-        parts.append(gro_kernels.linear_logprobs_no_grad(h.hidden, h.weight, h.targets, h.bias,
-                                                         temperature=temperature, ignore_index=IGNORE_INDEX))
+        args = (input_ids[rows], attention_mask[rows], completion_mask[rows], prompt_width)
+        if padding_free:
+            packed = packing.pack(*args)
+            h = packed_head_inputs(model, packed)
+        else:
+            h = head_inputs(model, *args)
+        lp = gro_kernels.linear_logprobs_no_grad(h.hidden, h.weight, h.targets, h.bias, temperature=temperature,
+                                                 ignore_index=IGNORE_INDEX)
+        parts.append(packing.scatter(lp, packed.keep) if padding_free else lp)
     return torch.cat(parts)
 
 

@@ -14,7 +14,7 @@ import torch
 from . import checkpoint as ckpt
 from . import distributed as data_parallel
 from . import metrics as mt
-from . import modes, objective, policy
+from . import modes, objective, packing, policy
 from . import rewards as rw
 from . import rollout as ro
 from .config import GROConfig
@@ -48,6 +48,10 @@ class GROTrainer:
         self.offline = objective.offline_records(offline_data, config)
         self.preset = objective.preset_for(config)
         self.ref_model = objective.reference_for(model, ref_model, self.preset, config)
+        if config.padding_free:  # before any forward: an unsupported attention would silently mix sequences
+            packing.check_model(model)
+            if self.ref_model is not None:
+                packing.check_model(self.ref_model, "reference model")
         # The loss runs inside one module forward (DDP-wrapped under torchrun): see distributed.py.
         self.dp = data_parallel.detect(next(model.parameters()).device)
         self.loss_module = data_parallel.loss_module(model, self.dp, **objective.loss_options(self.preset, config))
@@ -134,7 +138,7 @@ class GROTrainer:
     def _logprobs(self, batch: "modes.TrainBatch"):
         c, r = self.config, batch.rollout
         args = (r.input_ids, r.attention_mask, r.completion_mask, r.prompt_width)
-        opts = dict(temperature=c.temperature, micro_batch_size=c.micro_batch_size)
+        opts = dict(temperature=c.temperature, micro_batch_size=c.micro_batch_size, padding_free=c.padding_free)
         if objective.needs_old(self.preset, c):
             batch.old_logprobs = policy.completion_logprobs(self.model, *args, **opts)
         if self.ref_model is not None:

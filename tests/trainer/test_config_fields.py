@@ -65,13 +65,13 @@ def run_fingerprint(tmp_path, changes: dict, monkeypatch):
                          **opts).train()
         return ("raised", extras["_raises"])
     tr = make_trainer(tmp_path, model=model, ref=ref, reward=spread_reward, offline=extras.get("_offline"), **opts)
-    calls = []
-    tr.loss_module.register_forward_pre_hook(lambda *a, **k: calls.append(1))
+    calls = []  # the input_ids shape of each loss forward: padded [B, P + C] rows or one packed [1, L] row
+    tr.loss_module.register_forward_pre_hook(lambda module, args: calls.append(tuple(args[0].shape)))
     records = [{k: v for k, v in r.items() if k not in TIMING} for r in tr.train()]
     monkeypatch.undo()
     updates = max((int(s["step"]) for s in tr.optimizer.state.values()), default=0)
     return dict(params=_digest(tr.model), ref=_digest(tr.ref_model) if tr.ref_model is not None else None,
-                records=records, files=_files(tmp_path), loss_calls=len(calls), updates=updates,
+                records=records, files=_files(tmp_path), loss_calls=calls, updates=updates,
                 loss_options=repr(tr.loss_module.options), loss_config=tr.loss_module.config,
                 stderr=bool(err.getvalue()))
 
@@ -150,6 +150,7 @@ RUN_PROBES = {
     "lr_scheduler": ({}, dict(lr_scheduler="linear")),
     "warmup_steps": ({}, dict(warmup_steps=2)),
     "loss_impl": ({}, dict(loss_impl="materialized")),
+    "padding_free": ({}, dict(padding_free=True)),  # same math (test_padding_free.py); one packed row per call
     "seed": ({}, dict(seed=1)),
     "output_dir": ({}, dict(output_dir=AtTmp(lambda t: str(t / "elsewhere")))),
     "metrics_file": ({}, dict(metrics_file="other.jsonl")),
