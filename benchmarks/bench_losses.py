@@ -169,20 +169,6 @@ def liger_available():
     return True
 
 
-def bare_gemms(x, count):
-    """The GEMMs any fused method must run: logits, (recomputed logits), dhidden, dweight; preallocated outputs."""
-    h, w = x["hidden"].detach().reshape(-1, x["hidden"].shape[-1]), x["weight"].detach()
-    z = torch.empty(h.shape[0], w.shape[0], dtype=h.dtype)  # in the inputs' dtype, like the GEMMs' operands
-    dh, dw = torch.empty_like(h), torch.empty_like(w)
-
-    def run():
-        for _ in range(count - 2):
-            torch.mm(h, w.t(), out=z)
-        torch.mm(z, w, out=dh)
-        torch.mm(z.t(), h, out=dw)
-    return run
-
-
 def _step(fn, x):
     x["hidden"].grad, x["weight"].grad = None, None
     loss = fn(x)
@@ -227,7 +213,7 @@ def time_suite(suite, shape, repeats, dtypes=("fp32",)):
         x = make_inputs(suite, shape, dtype=dtype)
         references[dtype] = reference_loss(suite, x)
         runs.update({(dtype, name): (lambda fn=fn, x=x: _step(fn, x)) for name, (_, fn) in method_table(suite).items()})
-        runs[(dtype, BARE[suite])] = bare_gemms(x, 3 if suite == "grpo" else 4)
+        runs[(dtype, BARE[suite])] = common.bare_gemms(x, 3 if suite == "grpo" else 4)
     losses = {key: run() for key, run in runs.items()}
     for (dtype, name), value in losses.items():
         # Only gro's loss is held to LOSS_RTOL; naive (bf16 logits) and Liger report theirs (rel_err_vs_fp64).

@@ -114,6 +114,20 @@ def _cpu_name() -> str:
     return platform.processor()
 
 
+def bare_gemms(x, count):
+    """The GEMMs any fused LM-head method must run (logits, their recompute when count is 4, dhidden, dweight)
+    on x["hidden"], x["weight"], into preallocated outputs of the inputs' dtype and device."""
+    h, w = x["hidden"].detach().reshape(-1, x["hidden"].shape[-1]), x["weight"].detach()
+    z, dh, dw = h.new_empty(h.shape[0], w.shape[0]), torch.empty_like(h), torch.empty_like(w)
+
+    def run():
+        for _ in range(count - 2):
+            torch.mm(h, w.t(), out=z)
+        torch.mm(z, w, out=dh)
+        torch.mm(z.t(), h, out=dw)
+    return run
+
+
 def progress(items, desc: str):
     """A tqdm bar (on stderr) over a long benchmark loop; plain iteration when tqdm is missing."""
     items = list(items)

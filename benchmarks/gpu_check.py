@@ -568,19 +568,6 @@ def _naive_logprobs(x):
     return gro_kernels.linear_logprobs(x["hidden"], x["weight"], x["targets"], backend="naive")
 
 
-def bare_gemms(x, count):
-    """count bare GEMMs into preallocated outputs: logits (+ the recompute when 4), dhidden, dweight."""
-    h, w = x["hidden"].detach().reshape(-1, x["hidden"].shape[-1]), x["weight"].detach()
-    z, dh, dw = h.new_empty(h.shape[0], w.shape[0]), torch.empty_like(h), torch.empty_like(w)
-
-    def step():
-        for _ in range(count - 2):
-            torch.mm(h, w.t(), out=z)
-        torch.mm(z, w, out=dh)
-        torch.mm(z.t(), h, out=dw)
-    return step
-
-
 def _backward_step(x, forward):
     """A fwd+bwd step: forward(x) -> (output, gradient to feed it, or None for a scalar loss)."""
     def step():
@@ -600,7 +587,8 @@ def lp_forward(backend):
 def method_table(family, plan, probe, peers):
     """name -> (units of the bare GEMMs it is expected to cost, factory(x) -> step, note)."""
     gemms = 4 if family == "linear_logprobs" else 3
-    table = {f"gemm{gemms}": (gemms / 4, lambda x: bare_gemms(x, gemms), f"{gemms} bare GEMMs, outputs preallocated")}
+    table = {f"gemm{gemms}": (gemms / 4, lambda x: common.bare_gemms(x, gemms),
+                              f"{gemms} bare GEMMs, outputs preallocated")}
     triton = probe.kind == "cuda"
     for backend in ("chunked", "triton", "auto"):
         if backend == "triton" and not triton:
