@@ -53,7 +53,7 @@ def make_inputs(n, h, v, dtype="fp32", seed=0):
 
 
 # ------------------------------------------------------------------------------------------------ peers
-def _trl_logprobs():
+def trl_logprobs():
     """TRL 1.16's fused LM head: trl/kernels/chunked_logprob.py, ChunkedLogProbFunction (an autograd.Function),
     forward(ctx, hidden [N, H], weight [V, H], bias, targets [N], temperature, chunk_size,
     final_logit_softcapping=None, logit_scale=1.0, outputs=OPTIONAL_OUTPUTS) -> (logprobs, entropy,
@@ -83,7 +83,7 @@ def _peer_fn(method):
 
         return lambda h, w, t: linear_cross_entropy(h, w, t, impl="torch_compile")
     if method == "trl":
-        return _trl_logprobs()
+        return trl_logprobs()
     raise ValueError(method)
 
 

@@ -23,7 +23,7 @@ import os
 import torch
 
 import gro_kernels
-from benchmarks import common
+from benchmarks import bench_linear_logprobs, common
 
 DTYPES = common.DTYPES
 EPS = 0.2
@@ -84,11 +84,7 @@ def methods(x):
     def naive():
         h, w = _leaf(x["hidden"]), _leaf(x["weight"])
         logp = torch.log_softmax((h @ w.t()).float(), -1).gather(-1, x["targets"][..., None])[..., 0]
-        ratio = torch.exp(torch.clamp(logp - x["old"], -20, 20))
-        adv = x["adv"][:, None]
-        per_token = -torch.minimum(ratio * adv, torch.clamp(ratio, 1 - EPS, 1 + EPS) * adv)
-        mf = m.float()
-        ((per_token * mf).sum(1) / mf.sum(1).clamp(min=1)).mean().backward()
+        _grpo_loss(logp, x).backward()
 
     table.update({"gro padded + mask": padded, "gro packed (cu_seqlens)": packed, "dense floor": floor,
                   "gro padded, every row computed": every_row})
@@ -109,7 +105,27 @@ def methods(x):
             (out[0] if isinstance(out, tuple) else out).backward()
 
         table["Liger GRPO padded"] = liger
+    try:
+        trl_logprobs = bench_linear_logprobs.trl_logprobs()
+    except Exception:  # trl not installed
+        trl_logprobs = None
+    if trl_logprobs is not None:
+        def trl():
+            # TRL 1.16's own head on CPU scores every padded position; the GRPO loss on top as in naive().
+            h, w = _leaf(x["hidden"]), _leaf(x["weight"])
+            logp = trl_logprobs(h.reshape(-1, h.shape[-1]), w, x["targets"].reshape(-1)).view(m.shape)
+            _grpo_loss(logp, x).backward()
+
+        table["TRL ChunkedLogProb head padded"] = trl
     return table
+
+
+def _grpo_loss(logp, x):
+    m = x["mask"].float()
+    ratio = torch.exp(torch.clamp(logp.float() - x["old"], -20, 20))
+    adv = x["adv"][:, None]
+    per_token = -torch.minimum(ratio * adv, torch.clamp(ratio, 1 - EPS, 1 + EPS) * adv)
+    return ((per_token * m).sum(1) / m.sum(1).clamp(min=1)).mean()
 
 
 def check_agreement(x):
@@ -122,7 +138,8 @@ def check_agreement(x):
     return float((pad - pack).abs() / pad.abs().clamp(min=1e-12))
 
 
-def run(dtypes=("fp32", "bf16"), repeats=3, quick=False, out="bench_results"):
+def run(dtypes=("fp32", "bf16"), repeats=3, quick=False, out="bench_results", only=None, csv_name="ragged.csv"):
+    """only: method names to time (with the floor always); csv_name: the result file in `out`."""
     cap, hidden_size, vocab, batch = (256, 128, 4096, 16) if quick else (2048, 1024, 32000, 16)
     lengths = ragged_lengths(batch, cap)
     rows = []
@@ -130,14 +147,17 @@ def run(dtypes=("fp32", "bf16"), repeats=3, quick=False, out="bench_results"):
         x = make_batch(lengths, cap, hidden_size, vocab, DTYPES[name])
         valid = float(x["mask"].float().mean())
         rel = check_agreement(x)
-        times = common.time_round_robin(methods(x), repeats)
+        table = methods(x)
+        if only is not None:
+            table = {k: v for k, v in table.items() if k in only or k == "dense floor"}
+        times = common.time_round_robin(table, repeats)
         floor = times["dense floor"]
         for method, seconds in times.items():
             rows.append(dict(dtype=name, method=method, B=batch, cap=cap, H=hidden_size, V=vocab,
                              valid_tokens=int(lengths.sum()), valid_fraction=valid, seconds=seconds,
                              x_floor=seconds / floor, packed_vs_padded_rel_diff=rel))
     os.makedirs(out, exist_ok=True)
-    common.write_csv(os.path.join(out, "ragged.csv"), rows)
+    common.write_csv(os.path.join(out, csv_name), rows)
     return rows
 
 
@@ -152,8 +172,11 @@ def main(argv=None):
     parser.add_argument("--dtypes", type=common.parse_dtypes, default=tuple(DTYPES))
     parser.add_argument("--quick", action="store_true", help="small shapes (a smoke run)")
     parser.add_argument("--out", default="bench_results")
+    parser.add_argument("--methods", default=None, help="comma list of method names to time (the floor always runs)")
+    parser.add_argument("--csv", default="ragged.csv", help="result file name in --out")
     args = parser.parse_args(argv)
-    rows = run(args.dtypes, args.repeats, args.quick, args.out)
+    rows = run(args.dtypes, args.repeats, args.quick, args.out,
+               None if args.methods is None else args.methods.split(","), args.csv)
     print(common.format_table(rows, COLUMNS))
 
 
