@@ -178,3 +178,22 @@ def test_fsdp2_fully_shard_trains_through_gro_model_loss():
         for name, p in model.named_parameters():
             assert_close_rel(got["supported"][name], p.grad, rtol=1e-5, atol=1e-8, what=f"FSDP2 rank {rank} {name}")
         assert "sharded DTensor" in got["head_alone"], f"rank {rank}: {got['head_alone']!r}"
+
+
+def test_packed_batch_on_a_vocabulary_sharded_head():
+    """cu_seqlens and process_group together: each rank's packed loss, logprobs, dhidden and dweight shard equal
+    the single-process padded batch's at the real tokens."""
+    world = 2
+    results = run_ranks(world, "tests.support.dist_workers:packed_gro_case", timeout=120)
+    x = W.gro_inputs()
+    keep, _ = W.packed_view(x)
+    h, w = x.hidden.clone().requires_grad_(), x.weight.clone().requires_grad_()
+    out = gk.gro_loss(h, w, x.targets, preset="grpo", mask=x.mask, old_logprobs=x.old_logprobs, rewards=x.rewards,
+                      group_size=2, beta=0.04, ref_hidden=x.ref_hidden, ref_weight=x.ref_weight)
+    (out.loss * 1.7).backward()
+    for rank in range(world):
+        got, (start, end) = results[rank], W.shard(world, rank)
+        assert_close_rel(got["loss"], out.loss.detach(), what=f"rank {rank} loss", **TOL)
+        assert_close_rel(got["lp"], out.logprobs[keep], what=f"rank {rank} logprobs", **TOL)
+        assert_close_rel(got["dh"], h.grad[keep], what=f"rank {rank} dhidden", **TOL)
+        assert_close_rel(got["dw"], w.grad[start:end], what=f"rank {rank} dweight shard", **TOL)

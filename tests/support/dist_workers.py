@@ -320,3 +320,28 @@ def fsdp2_case(rank, world):
 def fsdp_token_count(world):
     """token_mean denominator of the whole data-parallel batch (every rank's valid targets)."""
     return float(sum(int((_tiny_batch(r, 3)[1] != -100).sum()) for r in range(world)))
+
+
+PACKED_LENGTHS = (9, 6, 7, 9)  # the rows of gro_inputs() cut where their ignored / masked tail starts
+
+
+def packed_view(x):
+    """gro_inputs() as a packed batch: the first PACKED_LENGTHS[i] tokens of row i, and its cu_seqlens."""
+    keep = torch.arange(x.targets.shape[1])[None, :] < torch.tensor(PACKED_LENGTHS)[:, None]
+    cu = torch.tensor((0,) + tuple(torch.tensor(PACKED_LENGTHS).cumsum(0).tolist()))
+    return keep, cu
+
+
+def packed_gro_case(rank, world):
+    """grpo with a streamed reference head, packed (cu_seqlens) on a vocabulary-sharded head."""
+    x = gro_inputs()
+    keep, cu = packed_view(x)
+    start, end = shard(world, rank)
+    hidden = _leaf(x.hidden[keep])
+    w = _leaf(x.weight[start:end])
+    out = gk.gro_loss(hidden, w, x.targets[keep], preset="grpo", mask=x.mask[keep], old_logprobs=x.old_logprobs[keep],
+                      rewards=x.rewards, group_size=2, beta=0.04, ref_hidden=x.ref_hidden[keep],
+                      ref_weight=x.ref_weight[start:end], cu_seqlens=cu, process_group=dist.group.WORLD,
+                      vocab_start=start)
+    (out.loss * 1.7).backward()
+    return dict(loss=out.loss.detach(), lp=out.logprobs, dh=hidden.grad, dw=w.grad)
