@@ -45,6 +45,16 @@ def put(index: Optional[torch.Tensor], n: int, *values):
     return tuple(out)
 
 
+def take_targeted(targets: torch.Tensor, ignore_index: int, hidden: torch.Tensor, *tensors):
+    """(live index or None, hidden, targets, *tensors) restricted to the rows whose target is not ignore_index,
+    for the ops that mark dead rows by their target; under torch.compile dead rows' hidden states are zeroed."""
+    valid = targets != ignore_index
+    live = live_rows(valid)
+    if live is None:
+        return (None, zero_dead_rows(hidden, valid), targets) + tensors
+    return (live,) + take(live, hidden, targets, *tensors)
+
+
 def take_masked(mask: Optional[torch.Tensor], *tensors):
     """(live index or None, the tensors' live rows, the mask left to apply) for ops with a row `mask`:
     compacted rows need no mask; under torch.compile the mask stays and dead rows are zeroed."""

@@ -152,10 +152,7 @@ def linear_logprobs_op(hidden, weight, bias, targets, *, temperature, ignore_ind
 
     Only rows whose target is not ignore_index go through the GEMMs (ops/common/compaction.py)."""
     n = hidden.shape[0]
-    valid = targets != ignore_index
-    live = compaction.live_rows(valid)
-    hidden, targets = compaction.take(live, hidden, targets)
-    hidden = compaction.zero_dead_rows(hidden, targets != ignore_index)
+    live, hidden, targets = compaction.take_targeted(targets, ignore_index, hidden)
     logprobs, entropy = _dispatch(hidden, weight, bias, targets, temperature=temperature, ignore_index=ignore_index,
                                   with_entropy=with_entropy, chunk_size=chunk_size, backend=backend)
     return compaction.put(live, n, logprobs, entropy)

@@ -182,10 +182,7 @@ def fused_token_loss(hidden, weight, bias, targets, token_fn: str, token_args: S
     Only rows whose target is not ignore_index run (ops/common/compaction.py), token_args sliced alike."""
     n = hidden.shape[0]
     needs = (_needs_grad(hidden), _needs_grad(weight), _needs_grad(bias))
-    live = compaction.live_rows(targets != ignore_index)
-    hidden, targets = compaction.take(live, hidden, targets)
-    token_args = compaction.take(live, *token_args)
-    hidden = compaction.zero_dead_rows(hidden, targets != ignore_index)
+    live, hidden, targets, *token_args = compaction.take_targeted(targets, ignore_index, hidden, *token_args)
     if chunk_size is None:
         chunk_size = chunked.default_chunk_size(hidden.shape[0], weight.shape[0])
     loss, logprobs, entropy, extras = fused_token_loss_fwd(

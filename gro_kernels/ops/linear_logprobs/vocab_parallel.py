@@ -132,9 +132,7 @@ def sharded_linear_logprobs(hidden, weight, bias, targets, shard, *, temperature
     Only rows whose target is not ignore_index run (ops/common/compaction.py); targets are replicated, so every
     rank keeps the same rows and the collectives stay matched."""
     n = hidden.shape[0]
-    live = compaction.live_rows(targets != ignore_index)
-    hidden, targets = compaction.take(live, hidden, targets)
-    hidden = compaction.zero_dead_rows(hidden, targets != ignore_index)
+    live, hidden, targets = compaction.take_targeted(targets, ignore_index, hidden)
     return compaction.put(live, n, *_sharded(hidden, weight, bias, targets, shard, temperature=temperature,
                                        ignore_index=ignore_index, with_entropy=with_entropy, chunk_size=chunk_size,
                                        backend=backend))
