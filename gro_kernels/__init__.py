@@ -2,11 +2,11 @@
 
 from ._ext import native_status
 from .functional import exact_kl, linear_logprobs, linear_logprobs_no_grad, selected_backend
-from .losses import gro_loss, group_advantages, kl_penalty, policy_loss, preference_loss
+from .losses import GROOutput, LossOutput, gro_loss, group_advantages, kl_penalty, policy_loss, preference_loss
 from .modules import GROLoss, GROModelLoss, LinearLogprobs
 from .presets import PRESETS, GROObjective
 
-__all__ = ["GROObjective", "GROLoss", "GROModelLoss", "LinearLogprobs", "PRESETS", "gro_loss", "group_advantages",
+__all__ = ["GROObjective", "GROOutput", "GROLoss", "LossOutput", "GROModelLoss", "LinearLogprobs", "PRESETS", "gro_loss", "group_advantages",
            "kl_penalty", "policy_loss", "preference_loss", "exact_kl", "linear_logprobs", "linear_logprobs_no_grad",
            "native_status", "selected_backend"]
 __version__ = "0.1.0"

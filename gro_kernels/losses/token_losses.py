@@ -1,6 +1,8 @@
 """The loss functions on per-token tensors (advantages, sampled KL, policy and preference losses):
 validation with clear errors, then the op layer. The math: docs/math.md §2-§4."""
 
+from typing import NamedTuple
+
 import torch
 
 from .. import _validate as v
@@ -13,6 +15,14 @@ from ..ops.policy_loss.token_terms import TokenLossConfig
 from ..ops.preference_loss import function as _pref
 
 ADVANTAGE_MODES = _adv.MODES
+
+
+class LossOutput(NamedTuple):
+    """What every loss function returns (gro_loss's GROOutput adds logprobs and entropy). A NamedTuple, so
+    `loss, metrics = policy_loss(...)` keeps working."""
+
+    loss: torch.Tensor   # 0-d fp32, differentiable
+    metrics: dict        # name -> 0-d fp32 tensor (detached)
 
 
 def group_advantages(rewards, *, group_ids=None, group_size=None, mode="grpo", eps=1e-6, baseline=None, mask=None,
@@ -118,7 +128,7 @@ def policy_loss(logprobs, advantages, mask=None, *, old_logprobs=None, ref_logpr
     (truncated IS against rollout_logprobs); global_token_count (token_mean denominator for gradient
     accumulation / data parallelism); max_completion_length (dr_grpo); num_sequences. The options are
     checked by the same functions as gro_loss's (losses/config.py).
-    Returns (loss 0-d fp32, metrics: dict of 0-d fp32 tensors ratio, clip_ratio_low, clip_ratio_high,
+    Returns LossOutput(loss 0-d fp32, metrics: dict of 0-d fp32 tensors ratio, clip_ratio_low, clip_ratio_high,
     clip_ratio, kl (with ref), entropy (with entropy), num_tokens). No host sync.
     """
     m = _mask_2d(mask, logprobs)
@@ -145,7 +155,7 @@ def policy_loss(logprobs, advantages, mask=None, *, old_logprobs=None, ref_logpr
     loss, stats = _pl.policy_loss(logprobs, adv, m, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
                                   rollout_logprobs=rollout_logprobs, entropy=entropy, cfg=cfg,
                                   importance_sampling_level=importance_sampling_level, scale=scale)
-    return loss, _pl.metrics(stats, entropy is not None, ref_logprobs is not None)
+    return LossOutput(loss, _pl.metrics(stats, entropy is not None, ref_logprobs is not None))
 
 
 def _token_config(surrogate, epsilon, epsilon_low, epsilon_high, dual_clip, beta, kl_estimator, entropy_coef,
@@ -182,7 +192,7 @@ def preference_loss(logprobs, mask=None, *, loss_type="dpo", ref_logprobs=None, 
     loss_type "dpo" (label_smoothing), "ipo", "simpo" (simpo_gamma), "kto" (desirable [B] bool,
     desirable_weight, undesirable_weight, kto_z0 or the detached batch estimate), "cpl" (cpl_lambda,
     cpl_discount; alpha = beta). Pairs: pair_ids [B] (rows sharing an id form a pair) and chosen [B].
-    ref_logprobs [B, T] for dpo, ipo, kto. beta: the implicit-reward scale. Returns (loss, metrics).
+    ref_logprobs [B, T] for dpo, ipo, kto. beta: the implicit-reward scale. Returns LossOutput(loss, metrics).
     """
     m = _mask_2d(mask, logprobs)
     batch, device = logprobs.shape[0], logprobs.device
@@ -207,6 +217,6 @@ def preference_loss(logprobs, mask=None, *, loss_type="dpo", ref_logprobs=None, 
         v.require_same_device("chosen", chosen, "logprobs", logprobs)
         chosen = c.bool_tensor("chosen", chosen, (batch,))
         c.check_pairs(pair_ids, chosen, offline)
-    return _pref.preference_loss(logprobs, m, ref_logprobs, offline, cfg, pair_ids=pair_ids, chosen=chosen,
-                                 desirable=desirable, kto_z0=kto_z0)
+    return LossOutput(*_pref.preference_loss(logprobs, m, ref_logprobs, offline, cfg, pair_ids=pair_ids,
+                                             chosen=chosen, desirable=desirable, kto_z0=kto_z0))
 
