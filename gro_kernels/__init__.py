@@ -6,7 +6,7 @@ from .losses import GROOutput, LossOutput, gro_loss, group_advantages, kl_penalt
 from .modules import GROLoss, GROModelLoss, LinearLogprobs
 from .presets import PRESETS, GROObjective
 
-__all__ = ["GROObjective", "GROOutput", "GROLoss", "LossOutput", "GROModelLoss", "LinearLogprobs", "PRESETS", "gro_loss", "group_advantages",
-           "kl_penalty", "policy_loss", "preference_loss", "exact_kl", "linear_logprobs", "linear_logprobs_no_grad",
-           "native_status", "selected_backend"]
+__all__ = ["GROObjective", "GROOutput", "GROLoss", "GROModelLoss", "LinearLogprobs", "LossOutput", "PRESETS",
+           "gro_loss", "group_advantages", "kl_penalty", "policy_loss", "preference_loss", "exact_kl", "linear_logprobs",
+           "linear_logprobs_no_grad", "native_status", "selected_backend"]
 __version__ = "0.1.0"
