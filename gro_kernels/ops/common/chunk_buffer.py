@@ -47,24 +47,29 @@ class ChunkBuffer:
 
     def __init__(self, rows, vocab, dtype, device, vocab_major=None):
         self.vocab, self.rows, self.dtype = vocab, rows, dtype
+        self.capacity = rows * vocab  # a chunk may be narrower than `vocab` (a vocabulary tile's tail)
         device = torch.device(device)
         self.vocab_major = device.type == "cpu" if vocab_major is None else vocab_major
         self.fp32_logits = dtype == torch.float32 or lowp_gemm_available(dtype, device)
-        self.storage = torch.empty(rows * vocab, dtype=torch.float32 if self.fp32_logits else dtype, device=device)
+        self.storage = torch.empty(self.capacity, dtype=torch.float32 if self.fp32_logits else dtype, device=device)
         # fp32 logits: a 16-bit copy of the gradient for the dhidden/dW GEMMs, made on first use (backward only).
         # Rounded logits: an fp32 scratch for the epilogue.
         self.other = None
         if not self.fp32_logits:
-            self.other = torch.empty(rows * vocab, dtype=torch.float32, device=device)
+            self.other = torch.empty(self.capacity, dtype=torch.float32, device=device)
 
-    def _view(self, storage, rows):
+    def _view(self, storage, rows, vocab):
+        if rows * vocab > self.capacity:
+            raise ValueError(f"ChunkBuffer: a [{rows}, {vocab}] chunk exceeds the buffer of {self.capacity} logits")
         if self.vocab_major:
-            return storage[: rows * self.vocab].view(self.vocab, rows).t()
-        return storage[: rows * self.vocab].view(rows, self.vocab)
+            return storage[: rows * vocab].view(vocab, rows).t()
+        return storage[: rows * vocab].view(rows, vocab)
 
     def logits(self, hidden_rows, weight, bias):
-        """z [rows, V] = hidden_rows @ weight^T (+ bias), a view of the buffer (fp32 unless it must round)."""
-        out = self._view(self.storage, hidden_rows.shape[0])
+        """z [rows, V] = hidden_rows @ weight^T (+ bias), a view of the buffer (fp32 unless it must round).
+
+        weight may be a vocabulary tile [Vt, H] of the head (Vt * rows within the buffer)."""
+        out = self._view(self.storage, hidden_rows.shape[0], weight.shape[0])
         if self.fp32_logits and self.dtype != torch.float32:
             if self.vocab_major:
                 mm_f32(out.t(), weight, hidden_rows.t())
@@ -86,7 +91,7 @@ class ChunkBuffer:
         """The chunk as fp32 for the epilogue (a copy into the scratch only where the GEMM rounded)."""
         if z.dtype == torch.float32:
             return z
-        return self._view(self.other, z.shape[0]).copy_(z)
+        return self._view(self.other, z.shape[0], z.shape[1]).copy_(z)
 
     def operand(self, z, z32):
         """The fp32 chunk z32 (epilogue output) as the gradient GEMMs' operand in the input dtype, written
@@ -96,5 +101,5 @@ class ChunkBuffer:
         if not self.fp32_logits:
             return z.copy_(z32)
         if self.other is None:
-            self.other = torch.empty(self.rows * self.vocab, dtype=self.dtype, device=self.storage.device)
-        return self._view(self.other, z32.shape[0]).copy_(z32)
+            self.other = torch.empty(self.capacity, dtype=self.dtype, device=self.storage.device)
+        return self._view(self.other, z32.shape[0], z32.shape[1]).copy_(z32)
