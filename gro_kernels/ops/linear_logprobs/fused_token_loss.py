@@ -75,9 +75,14 @@ def forward_with_grads(hidden, weight, bias, targets, token_fn, token_args, toke
     logprobs, lse = torch.empty(n, **f32), torch.empty(n, **f32)
     entropy = torch.empty(n if with_entropy else 0, **f32)
     extras = torch.empty(n, num_extras, **f32)
-    grads = chunked.GradAccumulators(hidden, weight, needs_hidden, needs_weight, needs_bias)
     any_grad = needs_hidden or needs_weight or needs_bias
     rows = min(chunk_size, max(n, 1))
+    if needs_weight and n > rows and hidden.device.type == "cpu":
+        return _forward_then_tiled_backward(fn, num_extras, hidden, weight, bias, targets, token_args, token_params,
+                                            inv_temperature=inv_temperature, ignore_index=ignore_index,
+                                            with_entropy=with_entropy, chunk_size=chunk_size,
+                                            needs_hidden=needs_hidden, needs_bias=needs_bias)
+    grads = chunked.GradAccumulators(hidden, weight, needs_hidden, needs_weight, needs_bias)
     buffer = chunked.ChunkBuffer(rows, vocab, hidden.dtype, hidden.device)
     # Without entropy there is no entropy gradient, and dLoss/dz = (g_l / tau) (onehot - p): the forward
     # epilogue leaves E (p = E * exp_scale) in the chunk and the per-row factors go into the GEMMs' small
@@ -112,6 +117,26 @@ def forward_with_grads(hidden, weight, bias, targets, token_fn, token_args, toke
                          g_l, g_h)
             grads.add_chunk(buffer.operand(z, z32), z32, hidden, weight, start, end)
     return (loss, logprobs, entropy, extras) + grads.result()
+
+
+def _forward_then_tiled_backward(fn, num_extras, hidden, weight, bias, targets, token_args, token_params, *,
+                                 inv_temperature, ignore_index, with_entropy, chunk_size, needs_hidden, needs_bias):
+    """forward_with_grads as the plain chunked forward, the token function, then the vocabulary-tiled backward.
+
+    Used on CPU when dweight is needed over more than one row chunk: there the one-pass loop's per-chunk
+    read-modify-write of the fp32 [V, H] dweight costs more than the fourth GEMM (recomputing the logits,
+    docs/math.md §6). The logprobs are the plain forward's, bit for bit (the no-grad path's)."""
+    n = hidden.shape[0]
+    logprobs, entropy, lse = chunked.forward(hidden, weight, bias, targets, inv_temperature=inv_temperature,
+                                             ignore_index=ignore_index, with_entropy=with_entropy,
+                                             chunk_size=chunk_size)
+    loss, g_l, g_h, extras = _call_token_fn(fn, num_extras, logprobs, entropy if with_entropy else None,
+                                            list(token_args), list(token_params))
+    # Ignored rows get exactly zero gradient whatever the token function returned (the epilogue zeroes them).
+    dh, dw, db = chunked.backward(g_l, g_h, hidden, weight, bias, targets, lse, entropy,
+                                  inv_temperature=inv_temperature, ignore_index=ignore_index, chunk_size=chunk_size,
+                                  needs_hidden=needs_hidden, needs_weight=True, needs_bias=needs_bias)
+    return loss.float().reshape(()), logprobs, entropy, extras, dh, dw, db
 
 
 @torch.library.custom_op("gro::fused_token_loss_fwd", mutates_args=())
