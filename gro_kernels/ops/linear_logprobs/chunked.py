@@ -11,6 +11,7 @@ import torch
 
 from ..common.chunking import env_chunk_size
 from ..common.chunk_buffer import ChunkBuffer, lowp_gemm_available, mm_f32
+from ..common.tiled_grads import TiledGrads, backward_tiles
 from . import epilogues
 
 # Target logits per chunk buffer: 2^24 fp32 values = 64 MiB. Large enough that the GEMMs of a
@@ -120,24 +121,6 @@ class GradAccumulators:
         return self.d_hidden, cast(self.d_weight), cast(self.d_bias)
 
 
-# The backward's tiles: a row block of at most max(chunk_size, budget / _MIN_VOCAB_TILE) rows (budget =
-# chunk_size * V, the forward's buffer) times a vocabulary tile filling the budget. With the whole batch in one
-# row block every dweight tile is written once instead of read-modified-written per row chunk.
-_MIN_VOCAB_TILE = 1024
-_TILE_ALIGN = 64  # vocabulary tiles in whole GEMM blocks (python_api/cpu_gemm.cpp)
-
-
-def backward_tiles(n_rows: int, vocab: int, chunk_size: int, vocab_tile=None):
-    """(rows per row block, vocabulary entries per tile) of the backward; vocab_tile overrides the tile."""
-    budget = max(1, chunk_size) * vocab
-    rows = max(1, min(n_rows, max(chunk_size, budget // _MIN_VOCAB_TILE)))
-    if vocab_tile is None:
-        vocab_tile = budget // rows
-        if _TILE_ALIGN < vocab_tile < vocab:
-            vocab_tile -= vocab_tile % _TILE_ALIGN
-    return rows, max(1, min(vocab, vocab_tile))
-
-
 def _tile_targets(targets, v0, v1, ignore_index):
     """Target ids local to the vocabulary tile [v0, v1): t - v0 inside it, ignore_index kept, and any other id
     (another tile's or shard's token) mapped to one outside [0, v1 - v0) that is not ignore_index, so the
@@ -145,69 +128,6 @@ def _tile_targets(targets, v0, v1, ignore_index):
     outside = -1 if ignore_index != -1 else -2
     inside = (targets >= v0) & (targets < v1)
     return torch.where(inside, targets - v0, torch.where(targets == ignore_index, ignore_index, outside))
-
-
-class _TiledGrads:
-    """dhidden / dweight / dbias of one row block fed tile by tile (the dhidden and dweight GEMMs).
-
-    dhidden rows accumulate over the vocabulary tiles (fp32 for 16-bit inputs, then one cast); a dweight tile
-    is written straight into the result when the batch is one row block, else accumulated over row blocks
-    (fp32 for 16-bit inputs). 16-bit operands use the 16-bit GEMM with fp32 result where there is one."""
-
-    def __init__(self, hidden, weight, rows, tile, single_block, needs_hidden, needs_weight, needs_bias):
-        f32 = dict(dtype=torch.float32, device=hidden.device)
-        self.dtype, self.single_block = hidden.dtype, single_block
-        self.lowp = hidden.dtype != torch.float32
-        self.fp32_gemm = lowp_gemm_available(hidden.dtype, hidden.device)
-        self.d_hidden = torch.empty_like(hidden) if needs_hidden else None
-        self.dh32 = torch.empty(rows, hidden.shape[1], **f32) if needs_hidden and self.lowp else None
-        self.d_weight = None
-        self.dw_tile = None  # fp32 scratch of one dweight tile (16-bit inputs, one row block)
-        if needs_weight:
-            accumulate_f32 = self.lowp and not single_block
-            self.d_weight = torch.empty(weight.shape, **f32) if accumulate_f32 else torch.empty_like(weight)
-            if self.lowp and single_block:
-                self.dw_tile = torch.empty(tile, weight.shape[1], **f32)
-        self.d_bias = torch.zeros(weight.shape[0], **f32) if needs_bias else None
-
-    def _mm(self, out, a, b, accumulate):
-        """out (+)= a @ b, out fp32 or in the input dtype."""
-        if out.dtype != a.dtype and self.fp32_gemm:
-            mm_f32(out, a, b, accumulate=accumulate)
-        elif out.dtype != a.dtype:
-            update = torch.mm(a, b)
-            out.add_(update) if accumulate else out.copy_(update)
-        elif accumulate:
-            out.addmm_(a, b)
-        else:
-            torch.mm(a, b, out=out)
-
-    def add_tile(self, g, g32, hidden_rows, weight_tile, r0, r1, v0, v1, first_block):
-        """g [rows, v1 - v0]: dLoss/dz of rows r0:r1 on tile v0:v1 in the GEMM dtype (g32: fp32)."""
-        if self.d_hidden is not None:
-            out = self.dh32[: r1 - r0] if self.dh32 is not None else self.d_hidden[r0:r1]
-            self._mm(out, g, weight_tile, accumulate=v0 > 0)
-        if self.d_weight is not None:
-            if self.dw_tile is not None:
-                scratch = self.dw_tile[: v1 - v0]
-                self._mm(scratch, g.t(), hidden_rows, accumulate=False)
-                self.d_weight[v0:v1].copy_(scratch)
-            else:
-                self._mm(self.d_weight[v0:v1], g.t(), hidden_rows, accumulate=not first_block)
-        if self.d_bias is not None:
-            self.d_bias[v0:v1].add_(g32.sum(0))
-
-    def end_block(self, r0, r1):
-        if self.dh32 is not None:
-            self.d_hidden[r0:r1].copy_(self.dh32[: r1 - r0])
-
-    def result(self, any_rows):
-        if not any_rows:
-            for grad in (self.d_hidden, self.d_weight):
-                if grad is not None:
-                    grad.zero_()
-        cast = lambda t: t if t is None else t.to(self.dtype)  # noqa: E731
-        return self.d_hidden, cast(self.d_weight), cast(self.d_bias)
 
 
 def backward(grad_logprobs, grad_entropy, hidden, weight, bias, targets, lse, entropy, *,
@@ -226,7 +146,7 @@ def backward(grad_logprobs, grad_entropy, hidden, weight, bias, targets, lse, en
     n, vocab = hidden.shape[0], weight.shape[0]
     _, bwd_epilogue, _ = epilogues.pick(hidden.device.type)
     rows, tile = backward_tiles(n, vocab, chunk_size, vocab_tile)
-    grads = _TiledGrads(hidden, weight, rows, tile, rows >= n, needs_hidden, needs_weight, needs_bias)
+    grads = TiledGrads(hidden, weight, rows, tile, rows >= n, needs_hidden, needs_weight, needs_bias)
     if n > 0 and (needs_hidden or needs_weight or needs_bias):
         buffer = ChunkBuffer(rows, tile, hidden.dtype, hidden.device)
         for r0 in range(0, n, rows):

@@ -8,6 +8,7 @@ temperature != 1, entropy gradient on and off, one token, several row blocks, an
 import pytest
 import torch
 
+from gro_kernels.ops.common import tiled_grads
 from gro_kernels.ops.linear_logprobs import chunked
 from gro_kernels.ops.linear_logprobs.vocab_parallel import FOREIGN, LOCAL_IGNORE
 from tests.support.helpers import make_inputs, oracle
@@ -104,6 +105,6 @@ def test_tile_plan_is_bounded_and_keeps_the_batch_in_one_block():
     assert rows == 4096 and tile % 64 == 0 and rows * tile <= 512 * 32000
     # A longer batch: bounded row blocks with tiles of at least the minimum width.
     rows, tile = chunked.backward_tiles(1 << 20, 32000, 512)
-    assert rows < 1 << 20 and tile >= chunked._MIN_VOCAB_TILE and rows * tile <= 512 * 32000
+    assert rows < 1 << 20 and tile >= tiled_grads._MIN_VOCAB_TILE and rows * tile <= 512 * 32000
     # A small vocabulary: one tile, the old row chunks.
     assert chunked.backward_tiles(100, 50, 8) == (8, 50)
