@@ -2,14 +2,15 @@
 then a fused epilogue (plain torch ops, in place on the buffers).
 
 Memory is O(C*V) whatever N is. Forward: 2 GEMMs per chunk, saves the policy and reference lse and
-KL per row. Backward recomputes both chunks' logits (2 GEMMs), turns the policy buffer into dLoss/dz
-in place, then feeds the dhidden and dweight GEMMs (6 GEMMs in all, the reference gets no gradient).
+KL per row. Backward recomputes both heads' logits per vocabulary tile (2 GEMMs), turns the policy tile into
+dLoss/dz in place, then feeds the dhidden and dweight GEMMs (6 GEMMs in all, the reference gets no gradient).
 """
 
 import torch
 
-from ..common.chunk_buffer import ChunkBuffer, lowp_gemm_available, mm_f32
+from ..common.chunk_buffer import ChunkBuffer
 from ..common.chunking import env_chunk_size
+from ..common.tiled_grads import TiledGrads, backward_tiles
 
 # Target logits per buffer: 2^23 fp32 values = 32 MiB each, two buffers (policy, reference) per chunk.
 _BUFFER_ELEMENTS = 1 << 23
@@ -80,33 +81,29 @@ def forward(hidden, weight, bias, ref_hidden, ref_weight, ref_bias, mask, *, inv
 
 
 def backward(grad_kl, hidden, weight, bias, ref_hidden, ref_weight, ref_bias, mask, kl, lse_p, lse_q, *,
-             inv_temperature, chunk_size, needs_hidden, needs_weight, needs_bias):
-    """Returns (dhidden or None, dweight or None, dbias or None) in the input dtype."""
+             inv_temperature, chunk_size, needs_hidden, needs_weight, needs_bias, vocab_tile=None):
+    """Returns (dhidden or None, dweight or None, dbias or None) in the input dtype.
+
+    Vocabulary-tiled (ops/common/tiled_grads.py): with lse_p, lse_q and KL saved, dLoss/dzp of a vocabulary
+    tile is pointwise, so row blocks (outer) x tiles of both heads (inner) each write their dweight tile once.
+    vocab_tile overrides the tile width (tests)."""
     n, vocab = hidden.shape[0], weight.shape[0]
-    f32 = dict(dtype=torch.float32, device=hidden.device)
-    d_hidden = torch.zeros_like(hidden) if needs_hidden else None
-    # dweight/dbias accumulate over chunks in fp32, whatever the input dtype.
-    d_weight = torch.zeros(weight.shape, **f32) if needs_weight else None
-    d_bias = torch.zeros(vocab, **f32) if needs_bias else None
+    rows, tile = backward_tiles(n, vocab, chunk_size, vocab_tile)
+    grads = TiledGrads(hidden, weight, rows, tile, rows >= n, needs_hidden, needs_weight, needs_bias)
     if n > 0 and (needs_hidden or needs_weight or needs_bias):
-        rows = min(chunk_size, n)
-        buffers = _Buffers(rows, vocab, hidden.dtype, hidden.device)
-        fp32_gemm = lowp_gemm_available(hidden.dtype, hidden.device)
-        for start in range(0, n, rows):
-            end = min(start + rows, n)
-            rows_h = hidden[start:end]
-            zp = buffers.logits(0, rows_h, weight, bias)
-            zq = buffers.logits(1, ref_hidden[start:end], ref_weight, ref_bias)
-            _backward_epilogue(zp, zq, inv_temperature, lse_p[start:end], lse_q[start:end], kl[start:end],
-                               grad_kl[start:end], None if mask is None else mask[start:end])
-            g = buffers.heads[0].operand(zp, zp)  # dLoss/dz in the input dtype, for the GEMMs
-            if needs_hidden:
-                torch.mm(g, weight, out=d_hidden[start:end])
-            if needs_weight and fp32_gemm:
-                mm_f32(d_weight, g.t(), rows_h, accumulate=True)
-            elif needs_weight:
-                d_weight.add_(torch.mm(g.t(), rows_h)) if g.dtype != torch.float32 else d_weight.addmm_(g.t(), rows_h)
-            if needs_bias:
-                d_bias.add_(zp.sum(0))
-    cast = (lambda t: t if t is None else t.to(hidden.dtype))
-    return d_hidden, cast(d_weight), cast(d_bias)
+        buffers = _Buffers(rows, tile, hidden.dtype, hidden.device)
+        for r0 in range(0, n, rows):
+            r1 = min(r0 + rows, n)
+            rows_h = hidden[r0:r1]
+            for v0 in range(0, vocab, tile):
+                v1 = min(v0 + tile, vocab)
+                w = weight[v0:v1]
+                zp = buffers.logits(0, rows_h, w, None if bias is None else bias[v0:v1])
+                zq = buffers.logits(1, ref_hidden[r0:r1], ref_weight[v0:v1],
+                                    None if ref_bias is None else ref_bias[v0:v1])
+                _backward_epilogue(zp, zq, inv_temperature, lse_p[r0:r1], lse_q[r0:r1], kl[r0:r1], grad_kl[r0:r1],
+                                   None if mask is None else mask[r0:r1])
+                g = buffers.heads[0].operand(zp, zp)  # dLoss/dz in the input dtype, for the GEMMs
+                grads.add_tile(g, zp, rows_h, w, r0, r1, v0, v1, first_block=r0 == 0)
+            grads.end_block(r0, r1)
+    return grads.result(n > 0)
