@@ -2,9 +2,9 @@
 
 (On CPU the buffer is stored [V, C], see ChunkBuffer; the epilogues take either layout.)
 
-Memory is O(C*V) whatever N is. The backward recomputes each chunk's logits (a second GEMM),
-turns them into dLoss/dlogits in place, then feeds the dhidden and dweight GEMMs. With a
-random upstream gradient that is the minimum of four GEMMs per step.
+Memory is O(C*V) whatever N is. The backward recomputes the logits tile by tile of the vocabulary
+(a second GEMM, see backward), turns them into dLoss/dlogits in place, then feeds the dhidden and
+dweight GEMMs. With a random upstream gradient that is the minimum of four GEMMs per step.
 """
 
 import torch
@@ -50,7 +50,10 @@ def forward(hidden, weight, bias, targets, *, inv_temperature, ignore_index, wit
 
 
 class GradAccumulators:
-    """dhidden rows and fp32 dweight/dbias sums fed chunk by chunk from dLoss/dlogits (the last two GEMMs)."""
+    """dhidden rows and fp32 dweight/dbias sums fed chunk by chunk from dLoss/dlogits (the last two GEMMs).
+
+    For the one-pass grad-in-forward loop (fused_token_loss.py), whose chunks hold whole rows; the backward
+    here is vocabulary-tiled (ops/common/tiled_grads.py)."""
 
     def __init__(self, hidden, weight, needs_hidden, needs_weight, needs_bias):
         f32 = dict(dtype=torch.float32, device=hidden.device)

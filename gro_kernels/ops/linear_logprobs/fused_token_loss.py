@@ -11,6 +11,10 @@ epilogue goes too: G = diag(-g_l p_scale / tau) E + onehot * g_l / tau, where E 
 what the forward epilogue leaves in the buffer, so dhidden = diag(.) (E @ W) + g_l/tau * W[y] and
 dW += E^T (diag(.) h) + scatter of g_l/tau * h at the targets (one pass over the chunk saved).
 
+On CPU, when dW is needed over several row chunks, the op runs the plain forward, the token function,
+then the vocabulary-tiled backward instead (4 GEMMs; see _forward_then_tiled_backward): the one-pass
+loop's per-chunk read-modify-write of the fp32 [V, H] dW costs more there than the fourth GEMM.
+
 The per-token math is a *registered* function (a custom op cannot take a Python callable): see
 `register_token_fn`. Its per-token inputs (advantages, old/reference logprobs, weights) travel as a
 list of tensors the op slices per chunk; they are constants and get no gradient.
