@@ -1,0 +1,36 @@
+"""Grad-in-forward with a bf16 head on CPU over several chunks: the plain forward + token function + vocabulary-
+tiled backward branch (fused_token_loss._forward_then_tiled_backward) against the fp32 plain path on the same
+(bf16-rounded) inputs, and its logprobs bitwise equal to linear_logprobs_no_grad."""
+
+import pytest
+import torch
+
+import gro_kernels
+from gro_kernels.ops.linear_logprobs import fused_token_loss as ftl
+from tests.ops.linear_logprobs.test_fused_token_loss import make_case, run_fused, run_plain
+
+CASES = [
+    pytest.param(dict(n=65, hidden_size=24, vocab=257, bias=True, n_ignored=9), 1.0, False, id="bias-ignored"),
+    pytest.param(dict(n=40, hidden_size=16, vocab=211, bias=True, n_ignored=5), 0.7, True, id="temp0.7-entropy"),
+]
+
+
+@pytest.mark.parametrize("case, temperature, with_entropy", CASES)
+def test_bf16_branch_matches_fp32_plain_path(monkeypatch, case, temperature, with_entropy):
+    hidden, weight, bias, targets, args = make_case(**case)
+    hidden, weight, bias = (t.to(torch.bfloat16) for t in (hidden, weight, bias))
+    taken = []
+    branch = ftl._forward_then_tiled_backward
+    monkeypatch.setattr(ftl, "_forward_then_tiled_backward", lambda *a, **k: taken.append(1) or branch(*a, **k))
+    kw = dict(temperature=temperature, with_entropy=with_entropy, c_entropy=0.05, grad_output=0.37)
+    fused = run_fused(hidden, weight, bias, targets, args, chunk_size=16, **kw)
+    assert taken, "the bf16 multi-chunk case must take the tiled-backward branch"
+    plain = run_plain(hidden.float(), weight.float(), bias.float(), targets, args, **kw)
+    torch.testing.assert_close(fused[0], plain[0], rtol=1e-5, atol=1e-6, msg="loss")
+    torch.testing.assert_close(fused[1], plain[1], rtol=1e-5, atol=2e-5, msg="logprobs")
+    for name, got, want in zip(["dhidden", "dweight", "dbias"], fused[2:], plain[2:]):
+        assert got.dtype == torch.bfloat16, name
+        assert (got.float() - want).abs().max() <= 1e-2 * max(1.0, want.abs().max().item()), name
+    no_grad = gro_kernels.linear_logprobs_no_grad(hidden, weight, targets, bias, temperature=temperature,
+                                                  chunk_size=16)
+    assert torch.equal(fused[1], no_grad)  # old logprobs from the no-grad path give ratio exactly 1
