@@ -53,6 +53,18 @@ class GROObjective:
     cpl_discount: float = 1.0
     desirable_weight: float = 1.0
     undesirable_weight: float = 1.0
+    # TRL's DPOConfig / KTOConfig / CPOConfig (docs/math.md §4): offline_loss_type, when set, names the loss
+    # (one gro preference loss, or a tuple of DPO loss types weighted by loss_weights) instead of the triple.
+    offline_loss_type: Optional[object] = None
+    loss_weights: Optional[tuple] = None
+    f_divergence_type: str = "reverse_kl"
+    f_alpha_divergence_coef: float = 0.5
+    ld_alpha: Optional[float] = None
+    use_weighting: bool = False             # WPO pair weights (needs log_sum_sq_probs=)
+    discopop_tau: float = 0.05
+    rpo_alpha: Optional[float] = None       # RPO: + rpo_alpha * NLL of the chosen responses
+    cpo_alpha: float = 0.0                  # CPO's NLL term (TRL's CPOConfig default 1.0: the cpo preset)
+    alpha: float = 0.0                      # AlphaPO reward shape of the CPO losses
 
     @property
     def has_online(self) -> bool:
@@ -72,7 +84,9 @@ class GROObjective:
         return ADVANTAGE_MODES[key]
 
     @property
-    def offline_loss(self) -> str:
+    def offline_loss(self):
+        if self.offline_loss_type is not None:
+            return self.offline_loss_type
         key = (self.offline_score, self.offline_anchor, self.offline_phi)
         if key not in OFFLINE_LOSSES:
             raise ValueError(f"GROObjective offline score/anchor/phi {key} is not supported; "
@@ -108,6 +122,19 @@ PRESETS = {
     "kto": GROObjective(name="kto", rows="offline", offline_anchor="reference_point"),
     "cpl": GROObjective(name="cpl", rows="offline", offline_score="discounted"),
 }
+# TRL's other DPOTrainer loss types, KTOTrainer's apo_zero_unpaired and CPOTrainer (TRL's defaults: beta 0.1;
+# CPO cpo_alpha 1.0; exo_pair needs label_smoothing > 0, 1e-3 as the EXO paper suggests). "dpo_ipo" is TRL's
+# IPO (log-ratios divided by the response length); "ipo" stays gro's (plain sums).
+_TRL_DPO = {"dpo_ipo": "ipo_norm", "hinge": "hinge", "robust": "robust", "exo_pair": "exo_pair",
+            "nca_pair": "nca_pair", "bco_pair": "bco_pair", "sppo_hard": "sppo_hard", "aot": "aot",
+            "aot_unpaired": "aot_unpaired", "apo_zero": "apo_zero", "apo_down": "apo_down", "discopop": "discopop",
+            "sigmoid_norm": "sigmoid_norm", "sft": "sft"}
+for _name, _loss in _TRL_DPO.items():
+    PRESETS[_name] = GROObjective(name=_name, rows="offline", offline_loss_type=_loss,
+                                  label_smoothing=1e-3 if _loss == "exo_pair" else 0.0)
+PRESETS["apo_zero_unpaired"] = GROObjective(name="apo_zero_unpaired", rows="offline",
+                                            offline_loss_type="apo_zero_unpaired")
+PRESETS["cpo"] = GROObjective(name="cpo", rows="offline", offline_loss_type="cpo", cpo_alpha=1.0)
 
 
 def get_preset(name: str) -> GROObjective:

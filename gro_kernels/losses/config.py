@@ -9,7 +9,8 @@ from . import checks as c
 from .. import _validate as v
 from ..ops.policy_loss.function import AGGREGATIONS, IS_LEVELS
 from ..ops.policy_loss.token_terms import KL_ESTIMATORS, SURROGATES, TokenLossConfig
-from ..ops.preference_loss.function import LOSSES, PreferenceConfig
+from ..ops.preference_loss.function import LOSSES, PreferenceConfig, is_unpaired
+from . import preference_options as po
 from ..presets import GROObjective, get_preset
 
 # TRL loss_type -> aggregation (dapo's global count comes from global_token_count when given).
@@ -50,7 +51,7 @@ def check_token_options(cfg: TokenLossConfig, names=None):
 def check_preference_options(cfg: PreferenceConfig, names=None):
     """The preference-loss options (docs/math.md §4), whoever builds them (names as for check_token_options)."""
     name = lambda field: (names or {}).get(field, field)  # noqa: E731
-    _choice(name("loss"), cfg.loss, LOSSES)
+    po.check_trl_options(cfg, name)  # loss name(s) and TRL's DPO/CPO fields
     v.require_positive_finite(name("beta"), cfg.beta)
     check_label_smoothing(name("label_smoothing"), cfg.label_smoothing)
     for field in ("simpo_gamma", "cpl_lambda", "desirable_weight", "undesirable_weight"):
@@ -76,7 +77,9 @@ def preference_config(loss_type, beta, options: dict) -> PreferenceConfig:
     if unknown:
         raise TypeError(f"preference_loss got unexpected keyword argument(s) {unknown}; options are loss_type, "
                         f"beta and {list(PREFERENCE_OPTIONS)}")
-    cfg = PreferenceConfig(loss=loss_type, beta=beta, **options)
+    if isinstance(options.get("loss_weights"), list):
+        options = {**options, "loss_weights": tuple(options["loss_weights"])}
+    cfg = PreferenceConfig(loss=po.gro_loss_type(loss_type), beta=beta, **options)
     check_preference_options(cfg, names={"loss": "loss_type"})
     return cfg
 
@@ -87,7 +90,8 @@ def _reject_aliased_twice(base: GROObjective, overrides: dict):
     """A TRL name and the GROObjective field it sets, given together: one would silently win. (epsilon with
     epsilon_high is TRL's own asymmetric clip: epsilon sets the lower bound, epsilon_high the upper.)"""
     beta_sets = {"online": "kl_coef", "offline": "preference_beta"}.get(base.rows)  # mixed: beta is refused
-    for alias, field in (("beta", beta_sets), ("epsilon", "epsilon_low"), ("loss_type", "aggregation"),
+    loss_type_sets = "offline_loss_type" if base.rows == "offline" else "aggregation"
+    for alias, field in (("beta", beta_sets), ("epsilon", "epsilon_low"), ("loss_type", loss_type_sets),
                          ("scale_rewards", "magnitude")):
         if field is not None and overrides.get(alias) is not None and overrides.get(field) is not None:
             raise ValueError(f"{alias}={overrides[alias]!r} and {field}={overrides[field]!r} both set {field}; "
@@ -111,7 +115,9 @@ def _alias_overrides(base: GROObjective, overrides: dict) -> dict:
         if base.epsilon_high == base.epsilon_low:  # symmetric presets; dapo/cispo/gspo keep their upper clip
             out.setdefault("epsilon_high", eps)
     loss_type = overrides.get("loss_type")
-    if loss_type is not None:
+    if loss_type is not None and base.rows == "offline":  # TRL's DPO/KTO/CPO loss_type (TRL names, gro losses)
+        out.setdefault("offline_loss_type", po.trl_loss_type(base.offline_loss, loss_type))
+    elif loss_type is not None:
         if loss_type not in TRL_LOSS_TYPES and loss_type not in AGGREGATIONS:
             raise ValueError(f"loss_type must be one of {sorted(TRL_LOSS_TYPES)} or {AGGREGATIONS}, got {loss_type!r}")
         out.setdefault("aggregation", TRL_LOSS_TYPES.get(loss_type, loss_type))
@@ -166,13 +172,15 @@ def _check_config(cfg: GROObjective):
         for name in ("desirable_weight", "undesirable_weight", "simpo_gamma", "cpl_lambda"):
             v.require_nonnegative(name, getattr(cfg, name))
         check_label_smoothing("label_smoothing", cfg.label_smoothing)
+        po.reject_offline_only_fields(cfg)
 
 
 def objective_preference_config(cfg: GROObjective) -> PreferenceConfig:
     """The PreferenceConfig of a GROObjective's offline rows."""
     return PreferenceConfig(loss=cfg.offline_loss, beta=cfg.preference_beta, label_smoothing=cfg.label_smoothing,
                             simpo_gamma=cfg.simpo_gamma, cpl_lambda=cfg.cpl_lambda, cpl_discount=cfg.cpl_discount,
-                            desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight)
+                            desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight,
+                            **po.objective_trl_fields(cfg))
 
 
 def check_batch_inputs(cfg: GROObjective, inputs: dict, batch: int, shape, device):
@@ -190,7 +198,10 @@ def check_batch_inputs(cfg: GROObjective, inputs: dict, batch: int, shape, devic
     if cfg.has_online and cfg.tis_cap is not None and inputs["rollout_logprobs"] is None:
         raise ValueError("tis_cap (truncated importance sampling) needs rollout_logprobs=")
     if cfg.has_offline:
+        po.check_trl_inputs(objective_preference_config(cfg), inputs, shape, device)
         _check_offline_inputs(cfg, inputs, batch)
+    else:
+        po.reject_offline_inputs(cfg, inputs)
 
 
 def _reject_competing_inputs(cfg, inputs):
@@ -210,10 +221,10 @@ def _reject_competing_inputs(cfg, inputs):
 
 def _check_offline_inputs(cfg, inputs, batch):
     loss = cfg.offline_loss
-    if loss == "kto":
+    if is_unpaired(objective_preference_config(cfg)):
         c.kto_z0_value(inputs["kto_z0"])
         if inputs["desirable"] is None:
-            raise ValueError(f"preset {cfg.name!r} (kto) needs desirable= (bool per row: desirable or not)")
+            raise ValueError(f"preset {cfg.name!r} ({loss}) needs desirable= (bool per row: desirable or not)")
         inputs["desirable"] = c.bool_tensor("desirable", inputs["desirable"], (batch,))
         return
     missing = [n for n in ("pair_ids", "chosen") if inputs[n] is None]

@@ -119,7 +119,7 @@ def _reference(cfg, inputs, weight, targets, opts, layout):
     like hidden) with no grad; None if unused."""
     ref = inputs["ref_logprobs"]
     online_needs = cfg.has_online and cfg.kl_coef != 0.0 and cfg.kl_estimator != "exact"
-    offline_needs = cfg.has_offline and cfg.offline_loss in _pref.NEEDS_REFERENCE
+    offline_needs = cfg.has_offline and _pref.needs_reference(objective_preference_config(cfg))
     if ref is not None or not (online_needs or offline_needs):
         return ref
     if inputs["ref_hidden"] is None:
@@ -273,11 +273,12 @@ def gro_loss(hidden, weight, targets, bias=None, *, preset=None, config=None, ma
         if cfg.has_offline:
             metrics["loss_online"] = on_loss.detach()
     if cfg.has_offline:
-        if cfg.offline_loss != "kto":
+        if not _pref.is_unpaired(objective_preference_config(cfg)):
             c.check_pairs(inputs["pair_ids"].to(device), inputs["chosen"].to(device), ~online)
         off_loss, pref_metrics = _pref.preference_loss(
             lp, m, ref, ~online, objective_preference_config(cfg), pair_ids=inputs["pair_ids"], chosen=inputs["chosen"],
-            desirable=inputs["desirable"], kto_z0=inputs["kto_z0"])
+            desirable=inputs["desirable"], kto_z0=inputs["kto_z0"], kl_logps=inputs["kl_logps"],
+            ref_kl_logps=inputs["ref_kl_logps"], log_sum_sq_probs=inputs["log_sum_sq_probs"])
         metrics.update(pref_metrics)
         loss = loss + offline_weight * off_loss
         if cfg.has_online:
@@ -295,7 +296,7 @@ def _batch_layout(hidden, targets, cu_seqlens):
     return _layout.padded(*targets.shape)
 
 
-GRID_INPUTS = ("old_logprobs", "ref_logprobs", "rollout_logprobs")
+GRID_INPUTS = ("old_logprobs", "ref_logprobs", "rollout_logprobs", "log_sum_sq_probs")
 
 
 def _token_inputs_to_grid(inputs, layout):
@@ -375,7 +376,8 @@ def _require_rows_match(cfg, online):
 
 INPUT_NAMES = ("advantages", "rewards", "group_ids", "group_size", "baseline", "eps", "old_logprobs",
                "ref_logprobs", "rollout_logprobs", "ref_hidden", "ref_weight", "ref_bias", "pair_ids", "chosen",
-               "desirable", "kto_z0", "global_token_count", "max_completion_length", "num_sequences")
+               "desirable", "kto_z0", "global_token_count", "max_completion_length", "num_sequences",
+               "log_sum_sq_probs", "kl_logps", "ref_kl_logps")
 
 
 def _split_kwargs(kwargs):

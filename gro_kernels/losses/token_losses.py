@@ -8,6 +8,7 @@ import torch
 from .. import _validate as v
 from . import checks as c
 from .config import TRL_LOSS_TYPES, check_aggregation_counts, check_token_options, preference_config
+from .preference_options import check_trl_inputs
 from ..ops.group_advantages import function as _adv
 from ..ops.kl import naive as _kl
 from ..ops.policy_loss import function as _pl
@@ -186,25 +187,33 @@ def _require_term_inputs(cfg, ref_logprobs, rollout_logprobs, entropy):
 
 
 def preference_loss(logprobs, mask=None, *, loss_type="dpo", ref_logprobs=None, pair_ids=None, chosen=None,
-                    desirable=None, kto_z0=None, beta=0.1, **options):
+                    desirable=None, kto_z0=None, beta=0.1, kl_logps=None, ref_kl_logps=None, log_sum_sq_probs=None,
+                    **options):
     """RL-free loss on sequence sums of per-token logprobs [B, T] (docs/math.md §4), and metrics.
 
     loss_type "dpo" (label_smoothing), "ipo", "simpo" (simpo_gamma), "kto" (desirable [B] bool,
     desirable_weight, undesirable_weight, kto_z0 or the detached batch estimate), "cpl" (cpl_lambda,
     cpl_discount; alpha = beta). Pairs: pair_ids [B] (rows sharing an id form a pair) and chosen [B].
     ref_logprobs [B, T] for dpo, ipo, kto. beta: the implicit-reward scale. Returns LossOutput(loss, metrics).
+    TRL's names (docs/math.md §4): loss_type also takes "sigmoid" (= "dpo"), TRL's DPO loss types ("ipo_norm" is
+    TRL's length-normalized IPO), a list of them with loss_weights, "apo_zero_unpaired", the CPO losses "cpo",
+    "cpo_hinge", "cpo_ipo"; options f_divergence_type, f_alpha_divergence_coef, ld_alpha, use_weighting (with
+    log_sum_sq_probs [B, T]), discopop_tau, rpo_alpha, cpo_alpha, alpha; KTO's z0 TRL's way from kl_logps and
+    ref_kl_logps (sequence logprobs of mismatched pairs, [K] each).
     """
     m = _mask_2d(mask, logprobs)
     batch, device = logprobs.shape[0], logprobs.device
     cfg = preference_config(loss_type, beta, options)
-    if loss_type in _pref.NEEDS_REFERENCE and ref_logprobs is None:
+    if _pref.needs_reference(cfg) and ref_logprobs is None:
         raise ValueError(f"loss_type={loss_type!r} needs ref_logprobs=")
     c.token_tensor("ref_logprobs", ref_logprobs, logprobs.shape, device=device)
     c.kto_z0_value(kto_z0)
+    check_trl_inputs(cfg, dict(log_sum_sq_probs=log_sum_sq_probs, kl_logps=kl_logps, ref_kl_logps=ref_kl_logps,
+                               kto_z0=kto_z0), logprobs.shape, device)
     offline = torch.ones(batch, dtype=torch.bool, device=logprobs.device)
-    if loss_type == "kto":
+    if _pref.is_unpaired(cfg):
         if desirable is None:
-            raise ValueError("loss_type='kto' needs desirable= (bool per row)")
+            raise ValueError(f"loss_type={loss_type!r} needs desirable= (bool per row)")
         v.require_tensor("desirable", desirable)
         v.require_same_device("desirable", desirable, "logprobs", logprobs)
         desirable = c.bool_tensor("desirable", desirable, (batch,))
@@ -218,5 +227,6 @@ def preference_loss(logprobs, mask=None, *, loss_type="dpo", ref_logprobs=None, 
         chosen = c.bool_tensor("chosen", chosen, (batch,))
         c.check_pairs(pair_ids, chosen, offline)
     return LossOutput(*_pref.preference_loss(logprobs, m, ref_logprobs, offline, cfg, pair_ids=pair_ids,
-                                             chosen=chosen, desirable=desirable, kto_z0=kto_z0))
+                                             chosen=chosen, desirable=desirable, kto_z0=kto_z0, kl_logps=kl_logps,
+                                             ref_kl_logps=ref_kl_logps, log_sum_sq_probs=log_sum_sq_probs))
 
