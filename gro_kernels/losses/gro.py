@@ -15,6 +15,7 @@ from .. import _validate as v
 from .. import functional as F
 from . import checks as c
 from . import layout as _layout
+from . import wpo as _wpo
 from .config import check_batch_inputs, objective_preference_config, resolve_config
 from ..ops.common import dispatch
 from ..ops.group_advantages import function as _adv
@@ -226,6 +227,10 @@ def gro_loss(hidden, weight, targets, bias=None, *, preset=None, config=None, ma
     c.loss_ops_backend("hidden", hidden)
     batch, device = layout.batch, hidden.device
     inputs["device"] = device
+    if cfg.has_offline and cfg.use_weighting and inputs["log_sum_sq_probs"] is None and process_group is None \
+            and vocab_start is None:  # WPO's weights from the head itself (a sharded head must pass them)
+        inputs["log_sum_sq_probs"] = _wpo.log_sum_sq_probs(hidden, weight, bias, targets, temperature=temperature,
+                                                           ignore_index=ignore_index)
     # Inputs are checked in the caller's layout ([B, T] or [N_total] per token), then moved to the grid.
     check_batch_inputs(cfg, inputs, batch, layout.head_shape, device)
     opts = dict(temperature=temperature, ignore_index=ignore_index, backend=backend, chunk_size=chunk_size,

@@ -134,7 +134,8 @@ def check_trl_inputs(cfg, inputs, shape, device):
     lss = inputs.get("log_sum_sq_probs")
     if cfg.use_weighting and lss is None:
         raise ValueError("use_weighting=True (WPO) needs log_sum_sq_probs= [B, T]: per token log sum_v p_v^2 of the "
-                         "policy (TRL's outputs.log_sum_sq_probs), no gradient needed")
+                         "policy (TRL's outputs.log_sum_sq_probs), no gradient needed; gro_loss computes it "
+                         "itself from an unsharded head")
     if lss is not None and not cfg.use_weighting:
         raise ValueError("log_sum_sq_probs= is read only with use_weighting=True (WPO)")
     c.token_tensor("log_sum_sq_probs", lss, shape, device=device)

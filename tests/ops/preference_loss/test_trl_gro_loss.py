@@ -131,3 +131,33 @@ def test_bad_trl_gro_loss_options_raise_naming_them(case):
     with pytest.raises((ValueError, TypeError), match=name):
         gro_kernels.gro_loss(hidden.float(), weight.float(), targets, bias.float(), mask=mask,
                              ref_logprobs=extra["ref"].float(), **kw, **opts)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_wpo_weights_computed_from_the_head(packed):
+    """gro_loss(use_weighting=True) without log_sum_sq_probs= computes TRL's log sum_v p_v^2 from the head:
+    the same loss and gradients as passing it from the materialized fp64 logits (temperature and bias included)."""
+    hidden, weight, bias, targets, mask, extra = make_batch(3)
+    logits = (hidden @ weight.T + bias) / 0.7
+    lss = torch.logsumexp(2 * torch.log_softmax(logits, -1), -1)
+    common = dict(preset="dpo", ref_logprobs=extra["ref"], pair_ids=PAIR_IDS, chosen=CHOSEN, use_weighting=True,
+                  temperature=0.7, beta=0.2)
+    grads = []
+    for given in (None, lss):
+        h = hidden.clone().requires_grad_()
+        if packed:  # every row full length: packed = flattened, cu_seqlens at multiples of T
+            cu = torch.arange(0, B * T + 1, T, dtype=torch.int32)
+            kw = dict(common, ref_logprobs=extra["ref"].reshape(-1))
+            if given is not None:
+                kw["log_sum_sq_probs"] = given.reshape(-1)
+            out = gro_kernels.gro_loss(h.reshape(B * T, H), weight, targets.reshape(-1), bias, cu_seqlens=cu,
+                                       mask=mask.reshape(-1), **kw)
+        else:
+            kw = dict(common) if given is None else dict(common, log_sum_sq_probs=given)
+            out = gro_kernels.gro_loss(h, weight, targets, bias, mask=mask, **kw)
+        out.loss.backward()
+        grads.append((out.loss.detach(), h.grad, out.metrics["wpo_weight"]))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(grads[0][2], grads[1][2], rtol=1e-5, atol=1e-7)
+    assert abs(float(grads[0][2]) - 1.0) > 1e-3  # the weights are not all 1
