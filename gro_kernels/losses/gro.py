@@ -196,6 +196,8 @@ def gro_loss(hidden, weight, targets, bias=None, *, preset=None, config=None, ma
     group_size (baseline [B] for remax); old_logprobs, ref_logprobs, rollout_logprobs [B, T]; or
     ref_hidden (+ ref_weight, ref_bias) to stream the reference with no grad; pair_ids + chosen (dpo,
     ipo, simpo, cpl); desirable (kto); global_token_count, max_completion_length, num_sequences.
+    TRL's preference names (docs/math.md §4): kl_logps + ref_kl_logps (KTO's z0 from mismatched pairs),
+    log_sum_sq_probs (WPO; computed from the head when absent); loss_type on offline presets is TRL's.
     Packed (padding-free) batches: cu_seqlens int32/int64 [B + 1] (flash-attention varlen offsets: 0,
     non-decreasing, last = N_total) with hidden [N_total, H], targets and every per-token input [N_total]
     (a 1-D advantages of length B is per sequence, of length N_total per token), per-sequence inputs [B].
