@@ -167,7 +167,8 @@ def _check_config(cfg: GROObjective):
     if cfg.has_online:
         cfg.advantage_mode  # noqa: B018 - raises on an unsupported anchor/magnitude pair
     if cfg.has_offline:
-        check_preference_options(objective_preference_config(cfg), names={"beta": "preference_beta (beta)"})
+        check_preference_options(objective_preference_config(cfg), names={"beta": "preference_beta (beta)",
+                                                                          "loss": "offline_loss_type (loss_type)"})
     else:  # unused without offline rows, but a bad value is still refused rather than kept
         for name in ("desirable_weight", "undesirable_weight", "simpo_gamma", "cpl_lambda"):
             v.require_nonnegative(name, getattr(cfg, name))
@@ -177,7 +178,7 @@ def _check_config(cfg: GROObjective):
 
 def objective_preference_config(cfg: GROObjective) -> PreferenceConfig:
     """The PreferenceConfig of a GROObjective's offline rows."""
-    return PreferenceConfig(loss=cfg.offline_loss, beta=cfg.preference_beta, label_smoothing=cfg.label_smoothing,
+    return PreferenceConfig(loss=po.gro_loss_type(cfg.offline_loss), beta=cfg.preference_beta, label_smoothing=cfg.label_smoothing,
                             simpo_gamma=cfg.simpo_gamma, cpl_lambda=cfg.cpl_lambda, cpl_discount=cfg.cpl_discount,
                             desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight,
                             **po.objective_trl_fields(cfg))
