@@ -113,7 +113,6 @@ BAD = {
     "loss_type on cpl": (dict(preset="cpl", loss_type="sigmoid"), "loss_type"),
     "loss_type and offline_loss_type": (dict(preset="dpo", loss_type="hinge", offline_loss_type="hinge"),
                                         "offline_loss_type"),
-    "use_weighting without log_sum_sq_probs": (dict(preset="dpo", use_weighting=True), "log_sum_sq_probs"),
     "log_sum_sq_probs wrong shape": (dict(preset="dpo", use_weighting=True, log_sum_sq_probs=torch.zeros(B, 2)),
                                      "log_sum_sq_probs"),
     "kl_logps on dpo": (dict(preset="dpo", kl_logps=torch.zeros(3), ref_kl_logps=torch.zeros(3)), "kl_logps"),
