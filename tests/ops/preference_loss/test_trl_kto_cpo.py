@@ -5,6 +5,7 @@ losses; nanmean) and trl/experimental/cpo/cpo_trainer.py CPOTrainer.cpo_loss (ca
 concatenated_forward's nll_loss (token-mean cross entropy of the chosen responses); fp64 loss and gradient."""
 
 import types
+from collections import defaultdict
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ import gro_kernels
 from tests.ops.preference_loss.test_trl_dpo import CHOSEN, PAIR_IDS, PAIRS, batch
 
 DESIRABLE = torch.tensor([True, True, False, False, True, False, True, False])
+T_KL = 4  # width of the mismatched (KL) completions
 
 
 def trl_kto(lp, ref, mask, desirable, loss_type, beta, kl=None, dw=1.0, uw=1.0):
@@ -135,3 +137,59 @@ def test_bad_kto_cpo_options_raise_naming_them(case):
         dict(pair_ids=PAIR_IDS, chosen=CHOSEN)
     with pytest.raises((ValueError, TypeError), match=name):
         gro_kernels.preference_loss(lp.float(), mask, ref_logprobs=ref.float(), **kw, **opts)
+
+
+class FakeKTOModel:
+    """TRL's model(..., fused_lm_head=True) stand-in: the completion logprobs, or the mismatched pairs' ones when
+    called on KL_input_ids."""
+
+    training = True
+    is_gradient_checkpointing = False
+
+    def __init__(self, log_probs, kl_log_probs, kl_input_ids):
+        self.log_probs, self.kl_log_probs, self.kl_input_ids = log_probs, kl_log_probs, kl_input_ids
+
+    def __call__(self, input_ids, **kwargs):
+        lp = self.kl_log_probs if input_ids is self.kl_input_ids else self.log_probs
+        z = torch.zeros_like(self.log_probs).detach()
+        return types.SimpleNamespace(log_probs=lp, entropy=z, mean_logits=z, aux_loss=None)
+
+
+@pytest.mark.parametrize("loss_type", ["kto", "apo_zero_unpaired"])
+def test_kto_matches_trl_code(loss_type):
+    """KTOTrainer._compute_loss itself (precomputed reference logps; for kto the KL of mismatched pairs from the
+    policy's KL_logps and ref_KL_logps), against preference_loss with kl_logps / ref_kl_logps."""
+    from trl.trainer.kto_trainer import KTOTrainer
+    lp, ref, _, mask = batch(6)
+    g = torch.Generator().manual_seed(9)
+    kl_tok = -torch.rand(8, T_KL, generator=g, dtype=torch.float64)
+    ref_kl = kl_tok.sum(1) - 0.4 * torch.rand(8, generator=g, dtype=torch.float64)
+    x = lp.clone().requires_grad_()
+    kw = dict(kl_logps=kl_tok.sum(1), ref_kl_logps=ref_kl) if loss_type == "kto" else {}
+    out = gro_kernels.preference_loss(x, mask, loss_type=loss_type, ref_logprobs=ref, desirable=DESIRABLE, beta=0.3,
+                                      desirable_weight=1.1, undesirable_weight=0.9, **kw)
+    out.loss.backward()
+    y = lp.clone().requires_grad_()
+    ids = torch.ones(8, lp.shape[1] + 1, dtype=torch.long)
+    kl_ids = torch.ones(8, T_KL + 1, dtype=torch.long)
+    completion_mask = torch.cat([torch.zeros(8, 1, dtype=torch.long), mask.long()], 1)
+    model = FakeKTOModel(torch.where(mask, y, 0.0), kl_tok, kl_ids)
+    inputs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), completion_mask=completion_mask,
+                  label=DESIRABLE.clone(), ref_logps=((ref * mask).sum(1)))
+    if loss_type == "kto":
+        inputs.update(KL_input_ids=kl_ids, KL_attention_mask=torch.ones_like(kl_ids),
+                      KL_completion_mask=torch.ones_like(kl_ids), ref_KL_logps=ref_kl)
+    accel = types.SimpleNamespace(device=torch.device("cpu"), gather_for_metrics=lambda t: t, gather=lambda t: t)
+    trainer = types.SimpleNamespace(model=model, accelerator=accel, calculate_KL=loss_type == "kto",
+                                    precompute_ref_logps=True, loss_type=loss_type, beta=0.3, desirable_weight=1.1,
+                                    undesirable_weight=0.9, aux_loss_enabled=False, _total_train_tokens=0, _tp_size=1,
+                                    _metrics=defaultdict(lambda: defaultdict(list)),
+                                    args=types.SimpleNamespace(gradient_checkpointing_kwargs=None))
+    trainer._compute_kl_logps = lambda m, b: KTOTrainer._compute_kl_logps(trainer, m, b)
+    expected = KTOTrainer._compute_loss(trainer, model, inputs, return_outputs=False)
+    expected.backward()
+    torch.testing.assert_close(out.loss.double(), expected.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x.grad, y.grad, rtol=1e-5, atol=1e-6)
+    if loss_type == "kto":
+        torch.testing.assert_close(out.metrics["kto_z0"].double(), torch.tensor(trainer._metrics["train"]["kl"][-1],
+                                   dtype=torch.float64), rtol=1e-5, atol=1e-6)
