@@ -9,7 +9,7 @@ from . import checks as c
 from .. import _validate as v
 from ..ops.policy_loss.function import AGGREGATIONS, IS_LEVELS
 from ..ops.policy_loss.token_terms import KL_ESTIMATORS, SURROGATES, TokenLossConfig
-from ..ops.preference_loss.function import LOSSES, PreferenceConfig, is_unpaired
+from ..ops.preference_loss.function import PreferenceConfig, is_unpaired
 from . import preference_options as po
 from ..presets import GROObjective, get_preset
 
@@ -178,7 +178,8 @@ def _check_config(cfg: GROObjective):
 
 def objective_preference_config(cfg: GROObjective) -> PreferenceConfig:
     """The PreferenceConfig of a GROObjective's offline rows."""
-    return PreferenceConfig(loss=po.gro_loss_type(cfg.offline_loss), beta=cfg.preference_beta, label_smoothing=cfg.label_smoothing,
+    return PreferenceConfig(loss=po.gro_loss_type(cfg.offline_loss), beta=cfg.preference_beta,
+                            label_smoothing=cfg.label_smoothing,
                             simpo_gamma=cfg.simpo_gamma, cpl_lambda=cfg.cpl_lambda, cpl_discount=cfg.cpl_discount,
                             desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight,
                             **po.objective_trl_fields(cfg))

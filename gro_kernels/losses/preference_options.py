@@ -3,9 +3,9 @@ names and lists, and the checks of the TRL-only options (docs/math.md §4, "TRL'
 option is accepted and then left unused."""
 
 from .. import _validate as v
-from . import checks as c
 from ..ops.preference_loss import cpo_family, dpo_family
 from ..ops.preference_loss.function import LOSSES, UNPAIRED, loss_types
+from . import checks as c
 
 F_DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
 # TRL's loss_type values per trainer -> gro's loss names. Only "ipo" and "sigmoid" differ: TRL's DPO "ipo"

@@ -199,7 +199,7 @@ def test_gro_ipo_is_plain_sums_and_differs_from_trl_ipo():
 
 def test_reward_metrics_are_trl_rewards():
     """rewards/chosen etc. are beta * log-ratios (LD-weighted with ld_alpha), as TRL logs them."""
-    lp, ref, lss, mask = batch()
+    lp, ref, _, mask = batch()
     out = gro_kernels.preference_loss(lp, mask, loss_type="hinge", ref_logprobs=ref, pair_ids=PAIR_IDS,
                                       chosen=CHOSEN, beta=0.25)
     g = ((lp - ref) * mask).sum(1) * 0.25

@@ -36,7 +36,8 @@ def make_batch(seed=0):
 CASES = {
     "dpo+ipo(TRL)": (("dpo", dict(loss_type="ipo", beta=0.3)), ("ipo_norm", dict(beta=0.3))),
     "dpo_ipo preset": (("dpo_ipo", dict(beta=0.3)), ("ipo_norm", dict(beta=0.3))),
-    "dpo+list": (("dpo", dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.5], f_divergence_type="js_divergence")),
+    "dpo+list": (("dpo", dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.5],
+                              f_divergence_type="js_divergence")),
                  (["sigmoid", "sft"], dict(loss_weights=[1.0, 0.5], f_divergence_type="js_divergence"))),
     "dpo+ld+wpo": (("dpo", dict(ld_alpha=0.5, use_weighting=True)), ("dpo", dict(ld_alpha=0.5, use_weighting=True))),
     "dpo+rpo": (("dpo", dict(rpo_alpha=0.4)), ("dpo", dict(rpo_alpha=0.4))),
