@@ -161,3 +161,26 @@ def test_wpo_weights_computed_from_the_head(packed):
     torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(grads[0][2], grads[1][2], rtol=1e-5, atol=1e-7)
     assert abs(float(grads[0][2]) - 1.0) > 1e-3  # the weights are not all 1
+
+
+def test_mixed_rows_with_a_trl_offline_loss():
+    """rows="mixed" with offline_loss_type (CPO with its NLL, AlphaPO): the offline part is preference_loss on the
+    offline rows' pairs (online_weight=0 isolates it), with the gradients of hidden."""
+    hidden, weight, bias, targets, mask, extra = make_batch(4)
+    online = torch.tensor([True, True, False, False, False, False])
+    pair_ids = torch.tensor([-1, -1, 0, 1, 0, 1])
+    chosen = torch.tensor([False, False, True, False, False, True])
+    cfg = gro_kernels.GROObjective(name="grpo+cpo", rows="mixed", offline_loss_type="cpo", cpo_alpha=1.0, alpha=0.3)
+    h = hidden.clone().requires_grad_()
+    out = gro_kernels.gro_loss(h, weight, targets, bias, config=cfg, mask=mask, online=online, online_weight=0.0,
+                               advantages=torch.randn(B, dtype=torch.float64), pair_ids=pair_ids, chosen=chosen)
+    out.loss.backward()
+    h2 = hidden.clone().requires_grad_()
+    lp, _, _ = R.token_logprobs(h2, weight, bias, targets)
+    off = ~online
+    expected = gro_kernels.preference_loss(lp[off], mask[off], loss_type="cpo", pair_ids=pair_ids[off],
+                                           chosen=chosen[off], cpo_alpha=1.0, alpha=0.3)
+    expected.loss.backward()
+    torch.testing.assert_close(out.metrics["loss_offline"].double(), expected.loss.double(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h.grad, h2.grad, rtol=1e-4, atol=1e-6)
+    assert h.grad[off].abs().sum() > 0 and h.grad[online].abs().sum() == 0
