@@ -94,7 +94,7 @@ def policy_gates(gates: GateConfig, logprobs, advantages, mask, *, old_logprobs=
                  entropy=None):
     """(pg_weight [B, T] or None, the token mask the entropy bonus acts on). advantages [B, T]."""
     weight, entropy_mask = None, mask
-    old = logprobs.detach() if old_logprobs is None else old_logprobs
+    old = old_logprobs if old_logprobs is not None or logprobs is None else logprobs.detach()
     is_ratio = None
     if gates.rollout_is_mode is not None:
         is_ratio = rollout_is_weight(old, rollout_logprobs, mask, gates.rollout_is_mode, gates.rollout_is_min,

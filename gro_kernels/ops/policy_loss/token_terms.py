@@ -6,6 +6,7 @@ token-loss op, so both give the same numbers. Everything here is elementwise ove
 are 1-D fp32 tensors of one length n (a flattened batch or one chunk of it).
 """
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
@@ -49,6 +50,26 @@ class TokenLossConfig:
         """The options the Triton epilogue implements (the others run in torch: same numbers, more kernels)."""
         return (self.surrogate in TRITON_SURROGATES and self.kl_estimator in TRITON_KL_ESTIMATORS
                 and self.delta is None and self.cispo_ratio_min is None and not self.kl_ratio_weighted)
+
+
+# The fields after tis_cap, as floats for the fused op's parameter list (a custom op takes no dataclass).
+_EXTRA_FIELDS = ("delta", "cispo_ratio_min", "sapo_tau_pos", "sapo_tau_neg", "dppo_ratio_cap", "dro_beta",
+                 "kl_ratio_weighted")
+
+
+def encode_extra(cfg: TokenLossConfig) -> list:
+    """The options after tis_cap as floats (None: NaN); decode_extra reads them back."""
+    nan = float("nan")
+    return [nan if getattr(cfg, f) is None else float(getattr(cfg, f)) for f in _EXTRA_FIELDS]
+
+
+def decode_extra(params):
+    """(TokenLossConfig keyword fields, the parameters after them) from encode_extra's floats."""
+    vals = dict(zip(_EXTRA_FIELDS, params))
+    for f in ("delta", "cispo_ratio_min"):
+        vals[f] = None if math.isnan(vals[f]) else vals[f]
+    vals["kl_ratio_weighted"] = bool(vals["kl_ratio_weighted"])
+    return vals, list(params[len(_EXTRA_FIELDS):])
 
 
 class TokenTerms(NamedTuple):
