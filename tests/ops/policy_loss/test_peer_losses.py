@@ -323,3 +323,38 @@ def test_vllm_modes_need_old_and_rollout_logprobs():
     with pytest.raises(ValueError, match="old_logprobs"):
         G.gro_loss(h["hidden"], h["weight"], h["targets"], advantages=h["adv"], rollout_logprobs=h["rollout"],
                    vllm_importance_sampling_mode="token_mask")
+
+
+# ---- Triton: options the epilogue lacks run the torch function (TRITON_INTERPRET=1 run) ----
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("cfg", [dict(surrogate="sapo"), dict(surrogate="dppo_kl"), dict(surrogate="dro", dro_beta=0.1),
+                                 dict(delta=1.2), dict(surrogate="cispo", epsilon_high=2.0, cispo_ratio_min=0.8),
+                                 dict(kl_estimator="low_var_kl+", kl_coef=0.1),
+                                 dict(kl_ratio_weighted=True, kl_coef=0.1)], ids=str)
+def test_triton_backend_routes_unsupported_options_to_torch(cfg, monkeypatch):
+    """GRO_BACKEND=triton: the dispatcher (function.policy_token_terms) sends what the Triton epilogue does not
+    implement to token_terms; options it does implement still run the kernel (a spy counts the calls)."""
+    from gro_kernels.ops.policy_loss import function as fn
+    from gro_kernels.ops.policy_loss import token_terms
+    from gro_kernels.ops.policy_loss.token_terms import TokenLossConfig
+
+    monkeypatch.setenv("GRO_BACKEND", "triton")
+    triton_impl = fn._triton_impl()
+    assert triton_impl is not None
+    calls = []
+    real = triton_impl.policy_token_terms
+    monkeypatch.setattr(triton_impl, "policy_token_terms", lambda *a, **k: calls.append(1) or real(*a, **k))
+    g = torch.Generator().manual_seed(0)
+    n = 300
+    lp = -torch.rand(n, generator=g) * 3
+    args = (lp, torch.randn(n, generator=g), torch.full((n,), 1.0 / n), torch.rand(n, generator=g) > 0.2)
+    opts = dict(old_logprobs=lp + 0.2 * torch.randn(n, generator=g), ref_logprobs=lp + 0.1)
+    c = TokenLossConfig(**cfg)
+    got = fn.policy_token_terms(*args, cfg=c, **opts)
+    want = token_terms.policy_token_terms(*args, cfg=c, **opts)
+    assert not calls
+    torch.testing.assert_close(got.loss, want.loss)
+    torch.testing.assert_close(got.grad_logprobs, want.grad_logprobs)
+    fn.policy_token_terms(*args, cfg=TokenLossConfig(), **opts)
+    assert calls  # the supported config still takes the kernel
