@@ -77,6 +77,8 @@ def policy_token_terms(logprobs, advantages, scale, mask, **options) -> TokenTer
     torch_only = not cfg.triton_supported or options.get("pg_weight") is not None or \
         options.get("entropy_scale") is not None
     use_triton = not torch_only and select_token_impl(logprobs.device) == "triton"
+    if use_triton:  # the kernel's signature has no pg_weight / entropy_scale (None here)
+        options = {k: val for k, val in options.items() if k not in ("pg_weight", "entropy_scale")}
     impl = _triton_impl() if use_triton else token_terms
     return impl.policy_token_terms(logprobs, advantages, scale, mask, **options)
 
