@@ -18,7 +18,7 @@ ADVANTAGE_MODES = {("group_mean", "std"): ("grpo", "group"), ("group_mean", "bat
                    ("greedy", "identity"): ("remax", "none"), ("batch_mean", "whiten"): ("reinforce_pp", "none"),
                    ("none", "identity"): ("none", "none")}
 # Surrogates whose per-token weight reads the whole sequence of current logprobs (plain path only).
-SEQUENCE_SURROGATES = ("vespo",)
+SEQUENCE_SURROGATES = ("vespo", "geo_mean", "clip_cov", "kl_cov")
 OFFLINE_LOSSES = {("implicit", "pair", "sigmoid"): "dpo", ("implicit", "pair", "squared"): "ipo",
                   ("length_normalized", "pair", "sigmoid"): "simpo", ("discounted", "pair", "sigmoid"): "cpl",
                   ("implicit", "reference_point", "sigmoid"): "kto"}
@@ -33,7 +33,7 @@ class GROObjective:
     # online rows
     anchor: str = "group_mean"
     magnitude: str = "std"
-    surrogate: str = "clip"                 # clip | cispo | reinforce | sapo | vespo | dppo_tv | dppo_kl | dro
+    surrogate: str = "clip"  # clip | cispo | reinforce | sapo | vespo | dppo_tv | dppo_kl | dro | geo_mean | clip_cov | kl_cov
     importance_sampling_level: str = "token"  # token | sequence (GSPO) | sequence_token
     epsilon_low: float = 0.2
     epsilon_high: float = 0.2
@@ -61,6 +61,11 @@ class GROObjective:
     off_policy_mask_threshold: Optional[float] = None  # TRL off-policy sequence mask
     rollout_is_mode: Optional[str] = None   # TRL vllm_importance_sampling_mode (None: tis_cap = token_truncate)
     rollout_is_min: Optional[float] = None  # TRL vllm_importance_sampling_clip_min (tis_cap is the max)
+    clip_cov_ratio: float = 2e-4            # verl clip_cov / kl_cov options (verl PolicyLossConfig defaults)
+    clip_cov_lb: float = 1.0
+    clip_cov_ub: float = 5.0
+    kl_cov_ratio: float = 2e-4
+    ppo_kl_coef: float = 0.1
     # offline rows
     offline_score: str = "implicit"
     offline_anchor: str = "pair"
@@ -130,6 +135,9 @@ PRESETS = {
     "gpg": dataclasses.replace(_GRPO, name="gpg", surrogate="reinforce", aggregation="token_mean"),
     "dppo_tv": dataclasses.replace(_GRPO, name="dppo_tv", surrogate="dppo_tv", aggregation="token_mean"),
     "dppo_kl": dataclasses.replace(_GRPO, name="dppo_kl", surrogate="dppo_kl", aggregation="token_mean"),
+    "geo_mean": dataclasses.replace(_GRPO, name="geo_mean", surrogate="geo_mean"),
+    "clip_cov": dataclasses.replace(_GRPO, name="clip_cov", surrogate="clip_cov", aggregation="token_mean"),
+    "kl_cov": dataclasses.replace(_GRPO, name="kl_cov", surrogate="kl_cov", aggregation="token_mean"),
     "dpo": GROObjective(name="dpo", rows="offline"),
     "ipo": GROObjective(name="ipo", rows="offline", offline_phi="squared"),
     "simpo": GROObjective(name="simpo", rows="offline", offline_score="length_normalized", preference_beta=2.0),

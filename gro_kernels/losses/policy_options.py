@@ -4,6 +4,7 @@ objective's per-token (TokenLossConfig) and gate (GateConfig) parts."""
 
 from .. import _validate as v
 from . import checks as c
+from ..ops.policy_loss.coupled import COUPLED_SURROGATES, CoupledConfig
 from ..ops.policy_loss.gates import ENTROPY_AGGREGATIONS, ROLLOUT_IS_MODES, GateConfig
 from ..ops.policy_loss.token_terms import TokenLossConfig
 
@@ -16,8 +17,9 @@ VERL_AGGREGATIONS = {"token-mean": "token_mean", "token-sum": "token_sum", "seq-
                      "seq-mean-token-sum": "seq_mean_token_sum", "seq-mean-token-sum-norm": "seq_mean_token_sum_norm"}
 # verl policy_loss.loss_mode -> surrogate (gspo: the sequence-level ratio with per-token gradients).
 VERL_LOSS_MODES = {"vanilla": "clip", "gpg": "reinforce", "sapo": "sapo", "cispo": "cispo", "dppo_tv": "dppo_tv",
-                   "dppo_kl": "dppo_kl", "dro": "dro", "gspo": "clip"}
-VERL_UNSUPPORTED_LOSS_MODES = ("clip_cov", "kl_cov", "geo_mean", "bypass_mode")
+                   "dppo_kl": "dppo_kl", "dro": "dro", "gspo": "clip", "geo_mean": "geo_mean", "clip_cov": "clip_cov",
+                   "kl_cov": "kl_cov"}
+VERL_UNSUPPORTED_LOSS_MODES = ("bypass_mode",)
 # verl kl_loss_type -> kl_estimator (verl's k3 is clamped: gro's low_var_kl; "+": k2's gradient).
 VERL_KL = {"kl": "k1", "k1": "k1", "abs": "abs", "mse": "k2", "k2": "k2", "low_var_kl": "low_var_kl",
            "k3": "low_var_kl", "kl+": "k1+", "k1+": "k1+", "abs+": "abs+", "mse+": "k2", "k2+": "k2",
@@ -129,6 +131,17 @@ def check_policy_options(cfg, names=None):
             raise ValueError(f"{name('dro_beta')} applies to surrogate='dro', got {cfg.surrogate!r}")
     for field in ("vespo_k_pos", "vespo_lambda_pos", "vespo_k_neg", "vespo_lambda_neg"):
         c.finite_float(name(field), getattr(cfg, field))
+    for field in ("clip_cov_ratio", "kl_cov_ratio"):
+        v.require_positive_finite(name(field), getattr(cfg, field))  # verl asserts > 0
+    v.require_nonnegative(name("ppo_kl_coef"), cfg.ppo_kl_coef)
+    for field in ("clip_cov_lb", "clip_cov_ub"):
+        c.finite_float(name(field), getattr(cfg, field))
+    if cfg.surrogate in COUPLED_SURROGATES and (cfg.importance_sampling_level != "token" or cfg.dual_clip is not None):
+        raise ValueError(f"surrogate={cfg.surrogate!r} (verl) has a token-level ratio and no dual clip; got "
+                         f"importance_sampling_level={cfg.importance_sampling_level!r}, dual_clip={cfg.dual_clip!r}")
+    if cfg.surrogate in COUPLED_SURROGATES and (cfg.rollout_is_mode is not None or cfg.tis_cap is not None):
+        raise ValueError(f"surrogate={cfg.surrogate!r}: rollout IS weights (tis_cap / rollout_is_mode) are not "
+                         "implemented for the coupled verl losses")
     v.require_bool(name("kl_ratio_weighted"), cfg.kl_ratio_weighted)
     if cfg.entropy_aggregation not in ENTROPY_AGGREGATIONS:
         raise ValueError(f"{name('entropy_aggregation')} must be one of {ENTROPY_AGGREGATIONS}, "
@@ -152,8 +165,9 @@ def check_policy_options(cfg, names=None):
 
 
 def token_surrogate(surrogate: str) -> str:
-    """The per-token surrogate: vespo is reinforce's -A l times its gate phi."""
-    return "reinforce" if surrogate == "vespo" else surrogate
+    """The per-token surrogate: vespo is reinforce's -A l times its gate phi; the coupled ones (coupled.py) bring
+    their own pg and leave the token function the KL and entropy terms (reinforce with A = 0)."""
+    return "reinforce" if surrogate == "vespo" or surrogate in COUPLED_SURROGATES else surrogate
 
 
 def uses_gates(cfg) -> bool:
@@ -175,7 +189,12 @@ def gate_config(cfg) -> GateConfig:
     vespo = (cfg.vespo_k_pos, cfg.vespo_lambda_pos, cfg.vespo_k_neg, cfg.vespo_lambda_neg) \
         if cfg.surrogate == "vespo" else None
     gated = uses_gates(cfg)
-    return GateConfig(rollout_is_mode=cfg.rollout_is_mode if gated else None,
+    coupled = None
+    if cfg.surrogate in COUPLED_SURROGATES:
+        coupled = CoupledConfig(cfg.surrogate, epsilon_low=cfg.epsilon_low, epsilon_high=cfg.epsilon_high,
+                                clip_cov_ratio=cfg.clip_cov_ratio, clip_cov_lb=cfg.clip_cov_lb,
+                                clip_cov_ub=cfg.clip_cov_ub, kl_cov_ratio=cfg.kl_cov_ratio, ppo_kl_coef=cfg.ppo_kl_coef)
+    return GateConfig(coupled=coupled, rollout_is_mode=cfg.rollout_is_mode if gated else None,
                       rollout_is_min=cfg.rollout_is_min, rollout_is_max=cfg.tis_cap if gated else None,
                       top_entropy_quantile=cfg.top_entropy_quantile,
                       off_policy_mask_threshold=cfg.off_policy_mask_threshold, vespo=vespo,

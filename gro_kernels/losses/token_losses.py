@@ -159,7 +159,8 @@ def policy_loss(logprobs, advantages, mask=None, *, old_logprobs=None, ref_logpr
     opts = _PolicyOptions(surrogate=surrogate, tis_cap=tis_cap, epsilon_high=0.0, **peer)
     cfg = _token_config(_po.token_surrogate(surrogate), epsilon, epsilon_low, epsilon_high, dual_clip, beta,
                         kl_estimator, entropy_coef, tis_cap)
-    opts = dataclasses.replace(opts, epsilon_high=cfg.epsilon_high)
+    opts = dataclasses.replace(opts, epsilon_high=cfg.epsilon_high, epsilon_low=cfg.epsilon_low,
+                               importance_sampling_level=importance_sampling_level, dual_clip=dual_clip)
     _po.check_policy_options(opts)
     cfg = dataclasses.replace(cfg, tis_cap=_po.tis_cap(opts), **_po.token_extras(opts))
     aggregation = TRL_LOSS_TYPES.get(loss_type, loss_type)
@@ -190,6 +191,7 @@ class _PolicyOptions:
     """policy_loss's peer options under the GROObjective field names (what policy_options checks and reads)."""
 
     surrogate: str = "clip"
+    epsilon_low: float = 0.2
     epsilon_high: float = 0.2
     tis_cap: Optional[float] = None
     delta: Optional[float] = None
@@ -208,10 +210,19 @@ class _PolicyOptions:
     off_policy_mask_threshold: Optional[float] = None
     rollout_is_mode: Optional[str] = None
     rollout_is_min: Optional[float] = None
+    clip_cov_ratio: float = 2e-4
+    clip_cov_lb: float = 1.0
+    clip_cov_ub: float = 5.0
+    kl_cov_ratio: float = 2e-4
+    ppo_kl_coef: float = 0.1
+    importance_sampling_level: str = "token"
+    dual_clip: Optional[float] = None
 
 
-_POLICY_FIELDS = tuple(f.name for f in dataclasses.fields(_PolicyOptions) if f.name not in ("surrogate",
-                                                                                             "epsilon_high", "tis_cap"))
+_POLICY_FIELDS = tuple(f.name for f in dataclasses.fields(_PolicyOptions) if f.name not in ("surrogate", "epsilon_low",
+                                                                                             "epsilon_high", "tis_cap",
+                                                                                             "importance_sampling_level",
+                                                                                             "dual_clip"))
 
 
 def _peer_options(options, loss_mode, loss_agg_mode, loss_type, surrogate):

@@ -174,3 +174,61 @@ def verl_kl_penalty(logprob, ref_logprob, kl_penalty):
         return fwd
     back = 0.5 * (logprob - ref_logprob).square()
     return back - back.detach() + fwd.detach()
+
+
+def verl_geo_mean(old, l, adv, mask, low=0.2, high=0.2):
+    """compute_policy_loss_geo_mean (its loss ignores loss_agg_mode: a mean over the B rows)."""
+    nkl = l - old
+    sgn = torch.sign(adv)
+    clamp = torch.clamp(nkl, -low, high)
+    nmin = sgn * torch.min(sgn * nkl, sgn * clamp)
+    n = mask.sum(-1)
+    ratio = torch.exp((nmin * mask).sum(-1) / (n + 1e-8))
+    a = (adv * mask).sum(-1) / (n + 1e-8)
+    return torch.mean(-a * ratio)
+
+
+def _masked_mean(x, m):
+    return (x * m).sum() / m.sum()
+
+
+def verl_clip_cov(old, l, adv, mask, low=0.2, high=0.2, clip_cov_ratio=2e-4, lb=1.0, ub=5.0):
+    """compute_policy_loss_clip_cov's pg_losses matrix (torch.randperm on the global RNG)."""
+    ratio = torch.exp(l - old)
+    p1 = -adv * ratio
+    corr = torch.ones_like(adv)
+    p2 = -adv * torch.clamp(ratio, 1 - low, 1 + high)
+    clip_by_origin = (p2 > p1) & (mask > 0)
+    cov_all = (adv - _masked_mean(adv, mask)) * (l - _masked_mean(l.detach(), mask))
+    cov_all = cov_all.detach().clone()
+    cov_all[mask == 0] = -torch.inf
+    cov_all[clip_by_origin] = -torch.inf
+    clip_num = max(int(clip_cov_ratio * mask.sum().item()), 1)
+    idx = torch.nonzero((cov_all < ub) & (cov_all > lb) & (mask > 0))
+    if len(idx) > 0:
+        perm = torch.randperm(len(idx))
+        idx = idx[perm[: min(clip_num, len(idx))]]
+    else:
+        idx = torch.empty((0, 2), dtype=torch.long)
+    corr[idx[:, 0], idx[:, 1]] = 0
+    return torch.maximum(p1, p2) * corr
+
+
+def verl_kl_cov(old, l, adv, mask, kl_cov_ratio=2e-4, ppo_kl_coef=0.1):
+    """compute_policy_loss_kl_cov's pg_losses matrix."""
+    nkl = l - old
+    ratio = torch.exp(nkl)
+    p1 = -adv * ratio
+    pkl = -adv * ratio + ppo_kl_coef * nkl.abs()
+    pg = p1.clone()
+    valid = mask > 0
+    vidx = torch.nonzero(valid.reshape(-1), as_tuple=True)[0]
+    va = adv[valid].detach().reshape(-1)
+    vl = l[valid].detach().reshape(-1)
+    if len(va) != 0:
+        cov = (va - va.mean()) * (vl - vl.mean())
+        k = max(1, int(len(cov) * kl_cov_ratio))
+        big = vidx[torch.topk(cov, k, largest=True).indices]
+        r, c = big // adv.shape[1], big % adv.shape[1]
+        pg[r, c] = pkl[r, c]
+    return pg

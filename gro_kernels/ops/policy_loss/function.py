@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 
 from ..common import dispatch
+from . import coupled as _coupled
 from . import gates as _gates
 from . import token_terms
 from .token_terms import EXTRAS, TokenLossConfig, TokenTerms
@@ -142,9 +143,15 @@ def policy_loss(logprobs, advantages, mask, *, old_logprobs=None, ref_logprobs=N
     ent_scale = _gates.entropy_scale(gates, entropy_mask, scale)
     flat = lambda t: None if t is None else t.reshape(-1)  # noqa: E731
     f32 = lambda t: None if t is None else t.reshape(-1).to(torch.float32)  # noqa: E731
+    coupled_loss = None
+    if gates.coupled is not None:  # verl geo_mean / clip_cov / kl_cov: pg from coupled.py, KL + entropy below
+        coupled_loss = _coupled.coupled_pg_loss(gates.coupled, logprobs, old_logprobs, adv, mask, scale, shape[0])
+        adv = torch.zeros_like(adv)  # the token function's reinforce pg -A l is then 0
     loss, extras = _PolicyTokenLoss.apply(f32(logprobs), f32(entropy), f32(log_ratio), adv.reshape(-1),
                                           scale.reshape(-1), flat(mask), f32(old_logprobs), f32(ref_logprobs),
                                           f32(rollout_logprobs), cfg, f32(pg_weight), f32(ent_scale))
+    if coupled_loss is not None:
+        loss = loss + coupled_loss
     return loss, token_stats(extras, mask, entropy)
 
 

@@ -30,11 +30,13 @@ class GateConfig:
     off_policy_mask_threshold: Optional[float] = None
     vespo: Optional[tuple] = None            # (k_pos, lambda_pos, k_neg, lambda_neg) when the surrogate is vespo
     entropy_aggregation: str = "loss"        # "loss": entropy term aggregated like pg; "token_mean": TRL's
+    coupled: Optional[object] = None         # a coupled.CoupledConfig: verl geo_mean / clip_cov / kl_cov replace pg
 
     @property
     def needs_current_policy(self) -> bool:
         """A gate that reads the current logprobs / entropies: the config is not token-separable."""
-        return self.top_entropy_quantile < 1.0 or self.off_policy_mask_threshold is not None or self.vespo is not None
+        return (self.top_entropy_quantile < 1.0 or self.off_policy_mask_threshold is not None
+                or self.vespo is not None or self.coupled is not None)
 
 
 def rollout_is_weight(old, rollout, mask, mode, clip_min=None, clip_max=None):

@@ -286,8 +286,8 @@ def test_gro_loss_plain_matches_policy_loss_for_coupled_options():
 # ---- bad input ----
 
 @pytest.mark.parametrize("kwargs, words", [
-    (dict(loss_mode="clip_cov"), ["loss_mode", "clip_cov", "not implemented"]),
-    (dict(loss_mode="geo_mean"), ["loss_mode", "geo_mean"]),
+    (dict(loss_mode="bypass_mode"), ["loss_mode", "bypass_mode", "not implemented"]),
+    (dict(loss_mode="geo_mean", dual_clip=3.0), ["geo_mean", "dual_clip"]),
     (dict(loss_mode="nope"), ["loss_mode"]),
     (dict(loss_agg_mode="token_mean_x"), ["loss_agg_mode"]),
     (dict(kl_loss_type="k9"), ["kl_loss_type"]),
@@ -358,3 +358,64 @@ def test_triton_backend_routes_unsupported_options_to_torch(cfg, monkeypatch):
     torch.testing.assert_close(got.grad_logprobs, want.grad_logprobs)
     fn.policy_token_terms(*args, cfg=TokenLossConfig(), **opts)
     assert calls  # the supported config still takes the kernel
+
+
+# ---- verl's coupled losses (plain path) ----
+
+@pytest.mark.parametrize("low, high", [(0.2, 0.2), (0.1, 0.4)])
+def test_verl_geo_mean(low, high):
+    """verl compute_policy_loss_geo_mean (GMPO): a mean over rows, whatever loss_agg_mode."""
+    d = _batch(10)
+    m = d["mask"].float()
+    adv_t = d["adv"].unsqueeze(1).expand(B, T)
+    got = _grad(lambda x: G.policy_loss(x, d["adv"], d["mask"], old_logprobs=d["old"], loss_mode="geo_mean",
+                                        clip_ratio_low=low, clip_ratio_high=high).loss, d["lp"])
+    want = _grad(lambda x: ref.verl_geo_mean(d["old"], x, adv_t, m, low, high), d["lp"])
+    _close(got[0], want[0], "loss")
+    _close(got[1], want[1], "grad")
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-sum-norm"])
+def test_verl_kl_cov(agg):
+    """verl compute_policy_loss_kl_cov: |l - old| * ppo_kl_coef on the top-cov tokens (ratio 0.1: several)."""
+    d = _batch(11, empty_row=False)
+    m = d["mask"].float()
+    adv_t = d["adv"].unsqueeze(1).expand(B, T)
+    opts = dict(kl_cov_ratio=0.1, ppo_kl_coef=0.5)
+    got = _grad(lambda x: G.policy_loss(x, d["adv"], d["mask"], old_logprobs=d["old"], loss_mode="kl_cov",
+                                        loss_agg_mode=agg, **opts).loss, d["lp"])
+    want = _grad(lambda x: ref.verl_agg_loss(ref.verl_kl_cov(d["old"], x, adv_t, m, **opts), m, agg), d["lp"])
+    plain = G.policy_loss(d["lp"], d["adv"], d["mask"], old_logprobs=d["old"], loss_mode="vanilla",
+                          clip_ratio_c=1e9, clip_ratio=1e9, loss_agg_mode=agg).loss  # -A rho alone
+    _close(got[0], want[0], "loss")
+    _close(got[1], want[1], "grad")
+    assert not torch.allclose(got[0], plain)
+
+
+def test_verl_clip_cov():
+    """verl compute_policy_loss_clip_cov with the same global RNG state (its random pick is torch.randperm);
+    bounds wide enough that tokens are zeroed."""
+    d = _batch(12, empty_row=False)
+    m = d["mask"].float()
+    adv_t = d["adv"].unsqueeze(1).expand(B, T)
+    opts = dict(clip_cov_ratio=0.2, clip_cov_lb=-1.0, clip_cov_ub=5.0)
+    torch.manual_seed(123)
+    got = _grad(lambda x: G.policy_loss(x, d["adv"], d["mask"], old_logprobs=d["old"], loss_mode="clip_cov",
+                                        loss_agg_mode="token-mean", **opts).loss, d["lp"])
+    torch.manual_seed(123)
+    want = _grad(lambda x: ref.verl_agg_loss(ref.verl_clip_cov(d["old"], x, adv_t, m, lb=-1.0, ub=5.0,
+                                                               clip_cov_ratio=0.2), m, "token-mean"), d["lp"])
+    _close(got[0], want[0], "loss")
+    _close(got[1], want[1], "grad")
+    assert bool(((got[1] == 0) & d["mask"]).any())  # some valid token was dropped
+
+
+def test_gro_loss_coupled_verl_losses_take_the_plain_path():
+    d = _head(2)
+    for mode in ("geo_mean", "kl_cov"):
+        assert not PRESETS[mode].token_separable
+        out = G.gro_loss(d["hidden"], d["weight"], d["targets"], mask=d["mask"], advantages=d["adv"],
+                         old_logprobs=d["old"], loss_mode=mode)
+        lp = G.linear_logprobs(d["hidden"], d["weight"], d["targets"])
+        want = G.policy_loss(lp, d["adv"], d["mask"], old_logprobs=d["old"], loss_mode=mode).loss
+        _close(out.loss.detach(), want.detach(), mode)
