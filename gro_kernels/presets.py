@@ -127,10 +127,12 @@ PRESETS = {
     "gspo": dataclasses.replace(_GRPO, name="gspo", importance_sampling_level="sequence", epsilon_low=3e-4,
                                 epsilon_high=4e-4),
     "cispo": dataclasses.replace(_GRPO, name="cispo", surrogate="cispo", epsilon_high=5.0, aggregation="token_mean"),
-    # TRL GRPOTrainer loss types (TRL defaults: epsilon 0.2 both sides, sapo temperatures 1.0 / 1.05)
-    "sapo": dataclasses.replace(_GRPO, name="sapo", surrogate="sapo"),
-    "vespo": dataclasses.replace(_GRPO, name="vespo", surrogate="vespo", aggregation="token_mean"),
-    "luspo": dataclasses.replace(_GRPO, name="luspo", aggregation="seq_mean_token_sum"),
+    # TRL GRPOTrainer loss types, with TRL's defaults (epsilon 0.2 both sides, sapo temperatures 1.0 / 1.05,
+    # use_bias_correction_kl on: matters once beta > 0)
+    "sapo": dataclasses.replace(_GRPO, name="sapo", surrogate="sapo", kl_ratio_weighted=True),
+    "vespo": dataclasses.replace(_GRPO, name="vespo", surrogate="vespo", aggregation="token_mean",
+                                 kl_ratio_weighted=True),
+    "luspo": dataclasses.replace(_GRPO, name="luspo", aggregation="seq_mean_token_sum", kl_ratio_weighted=True),
     # verl policy_loss.loss_mode (verl defaults: clip_ratio 0.2, token-mean)
     "gpg": dataclasses.replace(_GRPO, name="gpg", surrogate="reinforce", aggregation="token_mean"),
     "dppo_tv": dataclasses.replace(_GRPO, name="dppo_tv", surrogate="dppo_tv", aggregation="token_mean"),
