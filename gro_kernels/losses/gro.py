@@ -203,8 +203,8 @@ def gro_loss(hidden, weight, targets, bias=None, *, preset=None, config=None, ma
     """Hidden states [B, T, H] (or packed [N_total, H] with cu_seqlens) -> scalar GRO loss, never materializing
     [B*T, V] logits.
 
-    preset: grpo (the default), bnpo, dr_grpo, dapo, rloo, remax, reinforce_pp, ppo, gspo, cispo, dpo,
-    ipo, simpo, kto, cpl; or config=GROObjective(...), not both (score/anchor/magnitude, surrogate, KL,
+    preset: grpo (the default), bnpo, dr_grpo, dapo, rloo, remax, reinforce_pp, ppo, gspo, cispo, sapo, vespo,
+    luspo, gpg, dppo_tv, dppo_kl, geo_mean, clip_cov, kl_cov, dpo, ipo, simpo, kto, cpl; or config=GROObjective(...), not both (score/anchor/magnitude, surrogate, KL,
     entropy, aggregation; rows="mixed" for batches with online and offline rows, told apart by online= [B] bool).
     Inputs (keyword): mask [B, T]; advantages [B] or [B, T], or rewards [B] with group_ids /
     group_size (baseline [B] for remax); old_logprobs, ref_logprobs, rollout_logprobs [B, T]; or
@@ -220,7 +220,9 @@ def gro_loss(hidden, weight, targets, bias=None, *, preset=None, config=None, ma
     scale_rewards, kl_estimator ("k1" | "k2" | "k3" | "k3_st" | "exact"), entropy_coef, tis_cap,
     label_smoothing, simpo_gamma, cpl_lambda, desirable_weight, undesirable_weight, online_weight,
     offline_weight, grad_in_forward (default on for token-separable presets; False for sharded heads),
-    return_entropy, temperature, ignore_index, backend, chunk_size.
+    return_entropy, temperature, ignore_index, backend, chunk_size; the TRL GRPOConfig / verl policy names
+    (loss_type="sapo", loss_mode=, loss_agg_mode=, kl_loss_type=, use_bias_correction_kl, delta,
+    top_entropy_quantile, vllm_importance_sampling_mode, ...): docs/peer_names.md.
     Vocabulary-parallel head: process_group=pg, vocab_start=s with weight (and ref_weight) the rows
     [s, s + V_r) of the head on this rank, everything else replicated (see linear_logprobs); the loss is
     the full-vocabulary one on every rank, and grad_in_forward stays off.
