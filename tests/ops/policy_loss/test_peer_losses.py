@@ -419,3 +419,24 @@ def test_gro_loss_coupled_verl_losses_take_the_plain_path():
         lp = G.linear_logprobs(d["hidden"], d["weight"], d["targets"])
         want = G.policy_loss(lp, d["adv"], d["mask"], old_logprobs=d["old"], loss_mode=mode).loss
         _close(out.loss.detach(), want.detach(), mode)
+
+
+# ---- straight against TRL's own static helpers (installed peer) ----
+
+def test_gates_match_trl_static_helpers():
+    """gates.off_policy_mask / vespo_phi vs TRL's GRPOTrainer.get_off_policy_mask / get_gamma_weights themselves."""
+    trl_grpo = pytest.importorskip("trl.trainer.grpo_trainer")
+    from gro_kernels.ops.policy_loss import gates
+
+    d = _batch(13)
+    m = d["mask"]
+    adv = d["adv"].unsqueeze(1)
+    d["rollout"][0] = d["lp"][0] + 0.7
+    want = trl_grpo.GRPOTrainer.get_off_policy_mask(adv, d["lp"], d["rollout"], m.float(), 0.1)
+    got = gates.off_policy_mask(adv.expand(B, T), d["lp"], d["rollout"], m, 0.1)
+    torch.testing.assert_close(got, want.expand(B, T))
+    is_ratio = ref.trl_vllm_is_ratio(d["old"], d["rollout"], m.float(), "token_truncate", None, 2.0)
+    want = trl_grpo.GRPOTrainer.get_gamma_weights(adv, d["lp"] - d["old"], m.float(), is_ratio)
+    got = gates.vespo_phi(adv.expand(B, T), d["lp"] - d["old"], m, torch.where(m, is_ratio, 1.0),
+                          (2.0, 3.0, 3.0, 2.0))
+    torch.testing.assert_close(got, want.expand(B, T), rtol=1e-5, atol=1e-7)
