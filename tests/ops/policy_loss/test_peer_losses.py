@@ -440,3 +440,46 @@ def test_gates_match_trl_static_helpers():
     got = gates.vespo_phi(adv.expand(B, T), d["lp"] - d["old"], m, torch.where(m, is_ratio, 1.0),
                           (2.0, 3.0, 3.0, 2.0))
     torch.testing.assert_close(got, want.expand(B, T), rtol=1e-5, atol=1e-7)
+
+
+# ---- packed batches and the module entry point ----
+
+@pytest.mark.parametrize("opts", [dict(vllm_importance_sampling_mode="sequence_truncate",
+                                       vllm_importance_sampling_clip_max=1.2),
+                                  dict(loss_type="vespo"), dict(loss_mode="geo_mean"),
+                                  dict(top_entropy_quantile=0.5, entropy_coef=0.1, entropy_aggregation="token_mean")],
+                         ids=str)
+@pytest.mark.parametrize("fused", [True, False])
+def test_packed_matches_padded(opts, fused):
+    """Sequence-level gates and coupled losses on cu_seqlens batches: the padded batch's loss and dhidden."""
+    d = _head(3)
+    lengths = d["mask"].sum(1)  # one empty row; each row's first `length` tokens form its sequence
+    mask = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)
+    cu = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
+    flat = lambda t: t[mask]  # noqa: E731
+    outs = []
+    for packed in (False, True):
+        h = (flat(d["hidden"]) if packed else d["hidden"]).clone().requires_grad_()
+        kw = dict(old_logprobs=d["old"], rollout_logprobs=d["rollout"])
+        if packed:
+            kw = {k: flat(val) for k, val in kw.items()}
+            out = G.gro_loss(h, d["weight"], flat(d["targets"]), cu_seqlens=cu, advantages=d["adv"],
+                             grad_in_forward=fused, **kw, **opts)
+        else:
+            out = G.gro_loss(h, d["weight"], d["targets"], mask=mask, advantages=d["adv"], grad_in_forward=fused,
+                             **kw, **opts)
+        out.loss.backward()
+        outs.append((out.loss.detach(), h.grad[mask] if not packed else h.grad))
+    _close(outs[1][0], outs[0][0], "loss")
+    _close(outs[1][1], outs[0][1], "dhidden")
+
+
+def test_gro_loss_module_accepts_peer_names():
+    d = _head(4)
+    m = G.GROLoss(preset="grpo", loss_mode="dppo_kl", loss_agg_mode="seq-mean-token-sum")
+    a = m(d["hidden"], d["weight"], d["targets"], mask=d["mask"], advantages=d["adv"], old_logprobs=d["old"]).loss
+    b = G.gro_loss(d["hidden"], d["weight"], d["targets"], mask=d["mask"], advantages=d["adv"],
+                   old_logprobs=d["old"], surrogate="dppo_kl", aggregation="seq_mean_token_sum").loss
+    _close(a.detach(), b.detach(), "module")
+    with pytest.raises(ValueError, match="loss_mode"):
+        G.GROLoss(preset="grpo", loss_mode="bypass_mode")
