@@ -149,13 +149,15 @@ def policy_loss(logprobs, advantages, mask=None, *, old_logprobs=None, ref_logpr
         c.token_tensor(name, t, shape, device=device)
     c.no_nan_rows("advantages", adv)
     peer, surrogate, loss_type = _peer_options(options, loss_mode, loss_agg_mode, loss_type, surrogate)
-    epsilon_low = peer.pop("epsilon_low", epsilon_low)
-    epsilon_high = peer.pop("epsilon_high", epsilon_high)
-    dual_clip = peer.pop("dual_clip", dual_clip)
-    kl_estimator = peer.pop("kl_estimator", kl_estimator)
-    tis_cap = peer.pop("tis_cap", tis_cap)
-    importance_sampling_level = peer.pop("importance_sampling_level", importance_sampling_level)
-    beta = peer.pop("kl_coef", beta)
+    take = lambda field, name, value, default: _take_peer(peer, field, name, value, default)  # noqa: E731
+    epsilon_low = take("epsilon_low", "epsilon_low", epsilon_low, None)
+    epsilon_high = take("epsilon_high", "epsilon_high", epsilon_high, None)
+    dual_clip = take("dual_clip", "dual_clip", dual_clip, None)
+    kl_estimator = take("kl_estimator", "kl_estimator", _po.KL_NAMES.get(kl_estimator, kl_estimator), "k3")
+    tis_cap = take("tis_cap", "tis_cap", tis_cap, None)
+    importance_sampling_level = take("importance_sampling_level", "importance_sampling_level",
+                                     importance_sampling_level, "token")
+    beta = take("kl_coef", "beta", beta, 0.0)
     opts = _PolicyOptions(surrogate=surrogate, tis_cap=tis_cap, epsilon_high=0.0, **peer)
     cfg = _token_config(_po.token_surrogate(surrogate), epsilon, epsilon_low, epsilon_high, dual_clip, beta,
                         kl_estimator, entropy_coef, tis_cap)
@@ -223,6 +225,16 @@ _POLICY_FIELDS = tuple(f.name for f in dataclasses.fields(_PolicyOptions) if f.n
                                                                                              "epsilon_high", "tis_cap",
                                                                                              "importance_sampling_level",
                                                                                              "dual_clip"))
+
+
+def _take_peer(peer, field, name, value, default):
+    """A policy_loss argument or the peer name that sets the same field; both given and different: refused."""
+    if field not in peer:
+        return value
+    if value != default and value != peer[field]:
+        raise ValueError(f"{name}={value!r} and a TRL / verl option setting it to {peer[field]!r} are both given; "
+                         "pass one of them")
+    return peer.pop(field)
 
 
 def _peer_options(options, loss_mode, loss_agg_mode, loss_type, surrogate):

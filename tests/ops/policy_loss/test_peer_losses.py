@@ -315,6 +315,21 @@ def test_bad_peer_options_raise_naming_them(kwargs, words):
     assert words[0] in str(info.value)
 
 
+def test_policy_loss_refuses_an_argument_and_its_peer_name_together():
+    d = _batch()
+    with pytest.raises(ValueError, match="epsilon_high=0.3 and a TRL / verl option"):
+        G.policy_loss(d["lp"], d["adv"], d["mask"], epsilon_high=0.3, clip_ratio_high=0.28)
+    with pytest.raises(ValueError, match="beta=0.1 and a TRL / verl option"):
+        G.policy_loss(d["lp"], d["adv"], d["mask"], ref_logprobs=d["ref"], beta=0.1, kl_loss_coef=0.2)
+    h = _head()
+    with pytest.raises(ValueError, match="surrogate"):
+        G.gro_loss(h["hidden"], h["weight"], h["targets"], advantages=h["adv"], surrogate="clip", loss_mode="sapo")
+    # kl_estimator= takes verl's names too (mse = k2)
+    a = G.policy_loss(d["lp"], d["adv"], d["mask"], ref_logprobs=d["ref"], beta=0.1, kl_estimator="mse").loss
+    b = G.policy_loss(d["lp"], d["adv"], d["mask"], ref_logprobs=d["ref"], beta=0.1, kl_estimator="k2").loss
+    _close(a, b, "mse = k2")
+
+
 def test_vllm_modes_need_old_and_rollout_logprobs():
     d = _batch()
     with pytest.raises(ValueError, match="rollout_logprobs"):
