@@ -46,8 +46,8 @@ def trl_gamma_weights(adv, log_ratio, mask, is_ratio, k_pos=2.0, lam_pos=3.0, k_
 def trl_grpo_loss(l, old, adv, mask, *, loss_type="grpo", eps_low=0.2, eps_high=0.2, delta=None, beta=0.0, ref=None,
                   bias_correction_kl=True, sapo_pos=1.0, sapo_neg=1.05, is_ratio=None, entropy=None,
                   top_entropy_quantile=1.0, off_policy_threshold=None, sampling=None, entropy_coef=0.0,
-                  max_completion_length=None, num_items=None):
-    """GRPOTrainer._compute_loss at importance_sampling_level='token', one process, no accumulation."""
+                  max_completion_length=None, num_items=None, importance_sampling_level="token"):
+    """GRPOTrainer._compute_loss, one process, no accumulation."""
     adv = adv.unsqueeze(1) if adv.dim() == 1 else adv
     entropy_mask = None
     if top_entropy_quantile < 1.0:
@@ -58,7 +58,10 @@ def trl_grpo_loss(l, old, adv, mask, *, loss_type="grpo", eps_low=0.2, eps_high=
         avg = kl.sum(1, keepdim=True) / mask.sum(1, keepdim=True).clamp(min=1.0)
         opm = ((adv >= 0) | (avg <= off_policy_threshold)).to(mask.dtype)
     log_ratio = l - old
-    coef_1 = torch.exp(log_ratio)
+    if importance_sampling_level == "sequence":
+        coef_1 = torch.exp(((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1))
+    else:
+        coef_1 = torch.exp(log_ratio)
     if beta != 0.0:
         per_token_kl = torch.exp(ref - l) - (ref - l) - 1
         if bias_correction_kl:

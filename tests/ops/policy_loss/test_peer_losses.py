@@ -66,6 +66,21 @@ def test_trl_loss_types(loss_type, ours, theirs):
     _close(got[1], want[1], "grad")
 
 
+@pytest.mark.parametrize("loss_type", ["luspo", "sapo", "grpo"])
+def test_trl_sequence_level_ratio(loss_type):
+    """TRL importance_sampling_level='sequence' (LUSPO's recommended setup), with the ratio-weighted KL: the
+    sequence ratio exp(mean_t r) weights the KL too."""
+    d = _batch(14)
+    m = d["mask"].float()
+    got = _grad(lambda x: G.policy_loss(x, d["adv"], d["mask"], old_logprobs=d["old"], ref_logprobs=d["ref"],
+                                        beta=0.05, use_bias_correction_kl=True, loss_type=loss_type,
+                                        importance_sampling_level="sequence").loss, d["lp"])
+    want = _grad(lambda x: ref.trl_grpo_loss(x, d["old"], d["adv"], m, loss_type=loss_type, beta=0.05, ref=d["ref"],
+                                             importance_sampling_level="sequence"), d["lp"])
+    _close(got[0], want[0], "loss")
+    _close(got[1], want[1], "grad")
+
+
 @pytest.mark.parametrize("mode", ["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"])
 @pytest.mark.parametrize("clip_min", [None, 0.5])
 def test_trl_vllm_importance_sampling_modes(mode, clip_min):
