@@ -33,7 +33,8 @@ class GROObjective:
     # online rows
     anchor: str = "group_mean"
     magnitude: str = "std"
-    surrogate: str = "clip"  # clip | cispo | reinforce | sapo | vespo | dppo_tv | dppo_kl | dro | geo_mean | clip_cov | kl_cov
+    # surrogate: clip | cispo | reinforce | sapo | vespo | dppo_tv | dppo_kl | dro | geo_mean | clip_cov | kl_cov
+    surrogate: str = "clip"
     importance_sampling_level: str = "token"  # token | sequence (GSPO) | sequence_token
     epsilon_low: float = 0.2
     epsilon_high: float = 0.2
