@@ -205,7 +205,8 @@ def gro_loss(hidden, weight, targets, bias=None, *, preset=None, config=None, ma
 
     preset: grpo (the default), bnpo, dr_grpo, dapo, rloo, remax, reinforce_pp, ppo, gspo, cispo, sapo, vespo,
     luspo, gpg, dppo_tv, dppo_kl, geo_mean, clip_cov, kl_cov, dpo, ipo, simpo, kto, cpl;
-    or config=GROObjective(...), not both (score/anchor/magnitude, surrogate, KL, entropy, aggregation; rows="mixed" for batches with online and offline rows, told apart by online= [B] bool).
+    or config=GROObjective(...), not both (score/anchor/magnitude, surrogate, KL, entropy, aggregation;
+    rows="mixed" for batches with online and offline rows, told apart by online= [B] bool).
     Inputs (keyword): mask [B, T]; advantages [B] or [B, T], or rewards [B] with group_ids /
     group_size (baseline [B] for remax); old_logprobs, ref_logprobs, rollout_logprobs [B, T]; or
     ref_hidden (+ ref_weight, ref_bias) to stream the reference with no grad; pair_ids + chosen (dpo,
