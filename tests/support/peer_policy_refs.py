@@ -105,16 +105,18 @@ def trl_grpo_loss(l, old, adv, mask, *, loss_type="grpo", eps_low=0.2, eps_high=
 
 # ---- verl ----
 
-def verl_agg_loss(loss_mat, loss_mask, mode):
+def verl_agg_loss(loss_mat, loss_mask, mode, dp_size=1, batch_num_tokens=None, global_batch_size=None):
     masked_sum = lambda x, m: (x * m).sum()  # noqa: E731
     if mode == "token-mean":
-        return masked_sum(loss_mat, loss_mask) / loss_mask.sum()
+        n = loss_mask.sum() if batch_num_tokens is None else batch_num_tokens
+        return masked_sum(loss_mat, loss_mask) / n * dp_size
     if mode == "token-sum":
-        return masked_sum(loss_mat, loss_mask)
+        return masked_sum(loss_mat, loss_mask) * dp_size
     if mode in ("seq-mean-token-sum", "seq-mean-token-sum-norm"):
         seq_losses = torch.sum(loss_mat * loss_mask, dim=-1)
         seq_mask = (torch.sum(loss_mask, dim=-1) > 0).float()
-        loss = masked_sum(seq_losses, seq_mask) / seq_mask.sum()
+        n = seq_mask.sum() if global_batch_size is None else global_batch_size
+        loss = masked_sum(seq_losses, seq_mask) / n * dp_size
         if mode == "seq-mean-token-sum-norm":
             loss = loss / loss_mask.shape[-1]
         return loss
@@ -122,7 +124,8 @@ def verl_agg_loss(loss_mat, loss_mask, mode):
         n = torch.sum(loss_mask, dim=-1)
         seq_losses = torch.sum(loss_mat * loss_mask, dim=-1) / (n + 1e-8)
         seq_mask = (n > 0).float()
-        return masked_sum(seq_losses, seq_mask) / seq_mask.sum()
+        count = seq_mask.sum() if global_batch_size is None else global_batch_size
+        return masked_sum(seq_losses, seq_mask) / count * dp_size
     raise ValueError(mode)
 
 

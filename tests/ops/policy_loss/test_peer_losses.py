@@ -206,6 +206,23 @@ def test_verl_seq_mean_with_empty_rows_needs_num_sequences(agg):
     assert not torch.allclose(plain, want)
 
 
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"])
+def test_verl_dp_normalizers_are_per_rank_counts(agg):
+    """verl agg_loss(dp_size=2, batch_num_tokens / global_batch_size = global counts) on each rank's half equals
+    gro's loss with global_token_count / num_sequences = the global count / dp_size (docs/peer_names.md)."""
+    d = _batch(15, empty_row=False)
+    m = d["mask"].float()
+    adv_t = d["adv"].unsqueeze(1).expand(B, T)
+    tokens, seqs = m.sum(), float(B)
+    for rank in (slice(0, 2), slice(2, B)):
+        want = ref.verl_agg_loss(ref.verl_pg_losses(d["old"][rank], d["lp"][rank], adv_t[rank], "gpg"), m[rank], agg,
+                                 dp_size=2, batch_num_tokens=tokens, global_batch_size=seqs)
+        counts = dict(global_token_count=tokens / 2) if agg == "token-mean" else dict(num_sequences=seqs / 2)
+        got = G.policy_loss(d["lp"][rank], d["adv"][rank], d["mask"][rank], loss_mode="gpg", loss_agg_mode=agg,
+                            **counts).loss
+        _close(got, want, f"rank {rank}")
+
+
 @pytest.mark.parametrize("name", ["kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3", "kl+", "k1+", "abs+", "mse+",
                                   "k2+", "low_var_kl+", "k3+"])
 def test_verl_kl_loss_types(name):
