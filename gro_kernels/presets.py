@@ -17,6 +17,8 @@ ADVANTAGE_MODES = {("group_mean", "std"): ("grpo", "group"), ("group_mean", "bat
                    ("group_mean", "identity"): ("dr_grpo", "none"), ("leave_one_out", "identity"): ("rloo", "none"),
                    ("greedy", "identity"): ("remax", "none"), ("batch_mean", "whiten"): ("reinforce_pp", "none"),
                    ("none", "identity"): ("none", "none")}
+# Surrogates whose per-token weight reads the whole sequence of current logprobs (plain path only).
+SEQUENCE_SURROGATES = ("vespo", "geo_mean", "clip_cov", "kl_cov")
 OFFLINE_LOSSES = {("implicit", "pair", "sigmoid"): "dpo", ("implicit", "pair", "squared"): "ipo",
                   ("length_normalized", "pair", "sigmoid"): "simpo", ("discounted", "pair", "sigmoid"): "cpl",
                   ("implicit", "reference_point", "sigmoid"): "kto"}
@@ -31,7 +33,8 @@ class GROObjective:
     # online rows
     anchor: str = "group_mean"
     magnitude: str = "std"
-    surrogate: str = "clip"                 # clip | cispo | reinforce
+    # surrogate: clip | cispo | reinforce | sapo | vespo | dppo_tv | dppo_kl | dro | geo_mean | clip_cov | kl_cov
+    surrogate: str = "clip"
     importance_sampling_level: str = "token"  # token | sequence (GSPO) | sequence_token
     epsilon_low: float = 0.2
     epsilon_high: float = 0.2
@@ -42,6 +45,28 @@ class GROObjective:
     kl_estimator: str = "k3"                # k1 | k2 | k3 | k3_st | exact (streamed full-vocabulary KL)
     kl_in_reward: bool = False              # REINFORCE++: k1 shapes the return instead of entering the loss
     entropy_coef: float = 0.0
+    # online rows: peer options (docs/math.md §3; docs/peer_names.md gives the TRL / verl names)
+    delta: Optional[float] = None           # TRL two-sided clip: the unclipped ratio capped at delta (> 1 + eps_high)
+    cispo_ratio_min: Optional[float] = None  # verl CISPO's lower ratio bound (1 - clip_ratio_low)
+    sapo_tau_pos: float = 1.0               # sapo gate temperatures (TRL sapo_temperature_pos / verl tau_pos)
+    sapo_tau_neg: float = 1.05
+    dppo_ratio_cap: float = 20.0            # dppo_tv / dppo_kl truncated IS cap (verl clip_ratio_c)
+    dro_beta: Optional[float] = None        # dro's quadratic log-ratio penalty (required by surrogate="dro")
+    vespo_k_pos: float = 2.0                # vespo gamma weight phi(w) = exp(lambda + k log w - lambda w)
+    vespo_lambda_pos: float = 3.0
+    vespo_k_neg: float = 3.0
+    vespo_lambda_neg: float = 2.0
+    kl_ratio_weighted: bool = False         # TRL use_bias_correction_kl: KL term times the IS ratio
+    entropy_aggregation: str = "loss"       # "loss": like the policy term (verl); "token_mean": TRL's
+    top_entropy_quantile: float = 1.0       # TRL: train on the top-q entropy tokens only (1: all)
+    off_policy_mask_threshold: Optional[float] = None  # TRL off-policy sequence mask
+    rollout_is_mode: Optional[str] = None   # TRL vllm_importance_sampling_mode (None: tis_cap = token_truncate)
+    rollout_is_min: Optional[float] = None  # TRL vllm_importance_sampling_clip_min (tis_cap is the max)
+    clip_cov_ratio: float = 2e-4            # verl clip_cov / kl_cov options (verl PolicyLossConfig defaults)
+    clip_cov_lb: float = 1.0
+    clip_cov_ub: float = 5.0
+    kl_cov_ratio: float = 2e-4
+    ppo_kl_coef: float = 0.1
     # offline rows
     offline_score: str = "implicit"
     offline_anchor: str = "pair"
@@ -97,7 +122,8 @@ class GROObjective:
     def token_separable(self) -> bool:
         """True when dLoss/dl_t is known per token (grad-in-forward applies): no sequence coupling."""
         return (self.rows == "online" and self.importance_sampling_level == "token"
-                and self.kl_estimator != "exact")
+                and self.kl_estimator != "exact" and self.surrogate not in SEQUENCE_SURROGATES
+                and self.top_entropy_quantile >= 1.0 and self.off_policy_mask_threshold is None)
 
 
 _GRPO = GROObjective(name="grpo")
@@ -116,6 +142,19 @@ PRESETS = {
     "gspo": dataclasses.replace(_GRPO, name="gspo", importance_sampling_level="sequence", epsilon_low=3e-4,
                                 epsilon_high=4e-4),
     "cispo": dataclasses.replace(_GRPO, name="cispo", surrogate="cispo", epsilon_high=5.0, aggregation="token_mean"),
+    # TRL GRPOTrainer loss types, with TRL's defaults (epsilon 0.2 both sides, sapo temperatures 1.0 / 1.05,
+    # use_bias_correction_kl on: matters once beta > 0)
+    "sapo": dataclasses.replace(_GRPO, name="sapo", surrogate="sapo", kl_ratio_weighted=True),
+    "vespo": dataclasses.replace(_GRPO, name="vespo", surrogate="vespo", aggregation="token_mean",
+                                 kl_ratio_weighted=True),
+    "luspo": dataclasses.replace(_GRPO, name="luspo", aggregation="seq_mean_token_sum", kl_ratio_weighted=True),
+    # verl policy_loss.loss_mode (verl defaults: clip_ratio 0.2, token-mean)
+    "gpg": dataclasses.replace(_GRPO, name="gpg", surrogate="reinforce", aggregation="token_mean"),
+    "dppo_tv": dataclasses.replace(_GRPO, name="dppo_tv", surrogate="dppo_tv", aggregation="token_mean"),
+    "dppo_kl": dataclasses.replace(_GRPO, name="dppo_kl", surrogate="dppo_kl", aggregation="token_mean"),
+    "geo_mean": dataclasses.replace(_GRPO, name="geo_mean", surrogate="geo_mean"),
+    "clip_cov": dataclasses.replace(_GRPO, name="clip_cov", surrogate="clip_cov", aggregation="token_mean"),
+    "kl_cov": dataclasses.replace(_GRPO, name="kl_cov", surrogate="kl_cov", aggregation="token_mean"),
     "dpo": GROObjective(name="dpo", rows="offline"),
     "ipo": GROObjective(name="ipo", rows="offline", offline_phi="squared"),
     "simpo": GROObjective(name="simpo", rows="offline", offline_score="length_normalized", preference_beta=2.0),

@@ -372,6 +372,32 @@ CASES += _cases("policy_loss", [
      OK),
 ])
 
+# issue #16 (policy side): the TRL / verl policy options
+CASES += _cases("policy_loss", [
+    ("loss_mode='bypass_mode' (verl)", lambda: pl(loss_mode="bypass_mode"),
+     raises(ValueError, r"loss_mode='bypass_mode' \(verl\) is not implemented")),
+    ("loss_agg_mode='mean'", lambda: pl(loss_agg_mode="mean"), raises(ValueError, r"loss_agg_mode must be one of")),
+    ("loss_agg_mode= and loss_type=", lambda: pl(loss_agg_mode="token-mean", loss_type="dapo"),
+     raises(ValueError, r"loss_agg_mode='token-mean' and loss_type='dapo' both set the aggregation")),
+    ("kl_loss_type='k9'", lambda: pl(kl_loss_type="k9"), raises(ValueError, r"kl_loss_type must be one of")),
+    ("delta=1.0", lambda: pl(delta=1.0), raises(ValueError, r"delta must be > 1")),
+    ("loss_mode='dro' without dro_beta=", lambda: pl(loss_mode="dro"),
+     raises(ValueError, r"surrogate='dro' needs dro_beta=")),
+    ("top_entropy_quantile=0", lambda: pl(top_entropy_quantile=0.0, entropy=ENT),
+     raises(ValueError, r"top_entropy_quantile must be in \(0, 1\]")),
+    ("top_entropy_quantile=0.2 without entropy=", lambda: pl(top_entropy_quantile=0.2),
+     raises(ValueError, r"top_entropy_quantile < 1 needs entropy=")),
+    ("vllm_importance_sampling_mode without rollout_logprobs=",
+     lambda: pl(old_logprobs=REF, vllm_importance_sampling_mode="token_mask"),
+     raises(ValueError, r"needs old_logprobs= and rollout_logprobs=")),
+    ("clip_ratio_c=2 with loss_mode='gpg'", lambda: pl(loss_mode="gpg", clip_ratio_c=2.0),
+     raises(ValueError, r"clip_ratio_c applies to loss_mode 'vanilla'")),
+    ("an unknown peer option", lambda: pl(sapo_temp=1.0),
+     raises(TypeError, r"policy_loss got unexpected keyword argument\(s\) \['sapo_temp'\]")),
+    ("loss_mode='geo_mean', kl_loss_type='k3+'", lambda: pl(loss_mode="geo_mean",
+                                                                            kl_loss_type="k3+"), OK),
+])
+
 CASES += _cases("preference_loss", [
     ("loss_type='orpo'", lambda: pref(loss_type="orpo"), raises(ValueError, r"loss_type must be one of .*'orpo'")),
     ("beta=0", lambda: pref(beta=0), raises(ValueError, r"beta must be finite and > 0, got 0")),

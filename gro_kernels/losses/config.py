@@ -6,6 +6,7 @@ import dataclasses
 import math
 
 from . import checks as c
+from . import policy_options as pol
 from .. import _validate as v
 from ..ops.policy_loss.function import AGGREGATIONS, IS_LEVELS
 from ..ops.policy_loss.token_terms import KL_ESTIMATORS, SURROGATES, TokenLossConfig
@@ -15,7 +16,7 @@ from ..presets import GROObjective, get_preset
 
 # TRL loss_type -> aggregation (dapo's global count comes from global_token_count when given).
 TRL_LOSS_TYPES = {"grpo": "seq_mean_token_mean", "bnpo": "token_mean", "dapo": "token_mean",
-                  "dr_grpo": "seq_mean_token_sum_norm"}
+                  "dr_grpo": "seq_mean_token_sum_norm", **pol.TRL_EXTRA_LOSS_TYPES}
 SCALE_REWARDS = {"group": "std", "batch": "batch_std", "none": "identity"}
 ROWS = ("online", "offline", "mixed")
 _FIELDS = {f.name for f in dataclasses.fields(GROObjective)} - {"name"}
@@ -144,10 +145,12 @@ def resolve_config(preset, config, overrides: dict) -> GROObjective:
         base = config
     else:
         base = get_preset("grpo" if preset is None else preset)
-    unknown = sorted(set(overrides) - _FIELDS - set(_ALIASES))
+    unknown = sorted(set(overrides) - _FIELDS - set(_ALIASES) - set(pol.PEER_NAMES))
     if unknown:
         raise TypeError(f"gro_loss got unexpected keyword argument(s) {unknown}; options are the GROObjective fields "
-                        f"{sorted(_FIELDS)}, the TRL names {list(_ALIASES)} and the batch inputs")
+                        f"{sorted(_FIELDS)}, the TRL names {list(_ALIASES)}, the TRL / verl policy names "
+                        f"{list(pol.PEER_NAMES)} and the batch inputs")
+    overrides = pol.translate(overrides)
     _reject_aliased_twice(base, overrides)
     cfg = dataclasses.replace(base, **_alias_overrides(base, overrides))
     _check_config(cfg)
@@ -161,9 +164,10 @@ def _check_config(cfg: GROObjective):
         _choice(name, getattr(cfg, name), allowed)
     # The objective's per-token part through the same checks as policy_loss ("exact" is checked above).
     estimator = "k3" if cfg.kl_estimator == "exact" else cfg.kl_estimator
-    check_token_options(TokenLossConfig(surrogate=cfg.surrogate, epsilon_low=cfg.epsilon_low,
+    check_token_options(TokenLossConfig(surrogate=pol.token_surrogate(cfg.surrogate), epsilon_low=cfg.epsilon_low,
                                         epsilon_high=cfg.epsilon_high, dual_clip=cfg.dual_clip, kl_coef=cfg.kl_coef,
                                         kl_estimator=estimator, entropy_coef=cfg.entropy_coef, tis_cap=cfg.tis_cap))
+    pol.check_policy_options(cfg)
     if cfg.has_online:
         cfg.advantage_mode  # noqa: B018 - raises on an unsupported anchor/magnitude pair
     if cfg.has_offline:
@@ -199,6 +203,11 @@ def check_batch_inputs(cfg: GROObjective, inputs: dict, batch: int, shape, devic
     v.require_positive_finite("eps", inputs["eps"])
     if cfg.has_online and cfg.tis_cap is not None and inputs["rollout_logprobs"] is None:
         raise ValueError("tis_cap (truncated importance sampling) needs rollout_logprobs=")
+    if cfg.has_online and cfg.rollout_is_mode is not None:
+        missing = [n + "=" for n in ("old_logprobs", "rollout_logprobs") if inputs[n] is None]
+        if missing:  # TRL always has both with vLLM: w = pi_old / pi_rollout
+            raise ValueError(f"rollout_is_mode={cfg.rollout_is_mode!r} (vLLM importance sampling) needs "
+                             f"{' and '.join(missing)}")
     if cfg.has_offline:
         po.check_trl_inputs(objective_preference_config(cfg), inputs, shape, device)
         _check_offline_inputs(cfg, inputs, batch)

@@ -16,10 +16,13 @@ from .. import functional as F
 from . import checks as c
 from . import layout as _layout
 from . import wpo as _wpo
+from . import policy_options as _po
 from .config import check_batch_inputs, objective_preference_config, resolve_config
 from ..ops.common import dispatch
 from ..ops.group_advantages import function as _adv
 from ..ops.policy_loss import function as _pl
+from ..ops.policy_loss import gates as _gates
+from ..ops.policy_loss import token_terms as _tt
 from ..ops.policy_loss.token_terms import KL_ESTIMATORS, SURROGATES, TokenLossConfig
 from ..ops.preference_loss import function as _pref
 
@@ -44,40 +47,46 @@ def _fused_module():
     return ftl
 
 
-def _encode(cfg: TokenLossConfig, has_old, has_ref, has_rollout):
+def _encode(cfg: TokenLossConfig, has_old, has_ref, has_rollout, has_pg_weight=False, has_entropy_scale=False):
     nan = float("nan")
     return [float(SURROGATES.index(cfg.surrogate)), cfg.epsilon_low, cfg.epsilon_high,
             nan if cfg.dual_clip is None else cfg.dual_clip, cfg.kl_coef, float(KL_ESTIMATORS.index(cfg.kl_estimator)),
             cfg.entropy_coef, nan if cfg.tis_cap is None else cfg.tis_cap,
-            float(has_old), float(has_ref), float(has_rollout)]
+            float(has_old), float(has_ref), float(has_rollout)] + _tt.encode_extra(cfg) + \
+        [float(has_pg_weight), float(has_entropy_scale)]
 
 
 def _decode(params):
     opt = lambda x: None if math.isnan(x) else x  # noqa: E731
+    extra, rest = _tt.decode_extra(params[11:])
     cfg = TokenLossConfig(surrogate=SURROGATES[int(params[0])], epsilon_low=params[1], epsilon_high=params[2],
                           dual_clip=opt(params[3]), kl_coef=params[4], kl_estimator=KL_ESTIMATORS[int(params[5])],
-                          entropy_coef=params[6], tis_cap=opt(params[7]))
-    return cfg, bool(params[8]), bool(params[9]), bool(params[10])
+                          entropy_coef=params[6], tis_cap=opt(params[7]), **extra)
+    return cfg, bool(params[8]), bool(params[9]), bool(params[10]), bool(rest[0]), bool(rest[1])
 
 
 def _policy_token_chunk(logprobs, entropy, args, params):
-    """The fused op's per-chunk call into the one token function. args = [adv, scale, mask, old?, ref?, rollout?]."""
-    cfg, has_old, has_ref, has_rollout = _decode(params)
+    """The fused op's per-chunk call into the one token function.
+    args = [adv, scale, mask, old?, ref?, rollout?, pg_weight?, entropy_scale?]."""
+    cfg, has_old, has_ref, has_rollout, has_pg_weight, has_entropy_scale = _decode(params)
     rest = iter(args[3:])
     old = next(rest) if has_old else None
     ref = next(rest) if has_ref else None
     rollout = next(rest) if has_rollout else None
+    pg_weight = next(rest) if has_pg_weight else None
+    entropy_scale = next(rest) if has_entropy_scale else None
     t = _pl.policy_token_terms(logprobs, args[0], args[1], args[2] > 0, old_logprobs=old, ref_logprobs=ref,
-                               entropy=entropy, rollout_logprobs=rollout, cfg=cfg)
+                               entropy=entropy, rollout_logprobs=rollout, pg_weight=pg_weight,
+                               entropy_scale=entropy_scale, cfg=cfg)
     return t.loss.sum(), t.grad_logprobs, t.grad_entropy, t.extras
 
 
 def _token_config(cfg) -> TokenLossConfig:
     in_loss = not cfg.kl_in_reward and cfg.kl_estimator != "exact"
-    return TokenLossConfig(surrogate=cfg.surrogate, epsilon_low=cfg.epsilon_low, epsilon_high=cfg.epsilon_high,
-                           dual_clip=cfg.dual_clip, kl_coef=cfg.kl_coef if in_loss else 0.0,
-                           kl_estimator="k3" if cfg.kl_estimator == "exact" else cfg.kl_estimator,
-                           entropy_coef=cfg.entropy_coef, tis_cap=cfg.tis_cap)
+    return _po.token_config(cfg, epsilon_low=cfg.epsilon_low, epsilon_high=cfg.epsilon_high,
+                            dual_clip=cfg.dual_clip, kl_coef=cfg.kl_coef if in_loss else 0.0,
+                            kl_estimator="k3" if cfg.kl_estimator == "exact" else cfg.kl_estimator,
+                            entropy_coef=cfg.entropy_coef)
 
 
 def _advantages(cfg, inputs, batch, shape, online, m_on, ref, current_lp):
@@ -164,12 +173,18 @@ def _use_fused(cfg, grad_in_forward, inputs, opts, hidden_size):
     return _fused_module() is not None
 
 
-def _online_fused(hidden, weight, bias, targets, adv, scale, m_on, inputs, ref, tok_cfg, want_entropy, opts, layout):
+def _online_fused(hidden, weight, bias, targets, adv, scale, m_on, inputs, ref, tok_cfg, want_entropy, opts, layout,
+                  gates=_gates.GateConfig()):
     """The grad-in-forward op on the head's rows. Its per-token args are built on the [B, T] grid and taken back
     to head order (flat tokens when packed); logprobs / entropy come back in the head's shape."""
     ftl = _fused_module()
     adv_t = _pl.token_advantages(adv, m_on.shape)
     present = [(inputs["old_logprobs"]), ref, inputs["rollout_logprobs"] if tok_cfg.tis_cap is not None else None]
+    # Token-separable gates only here (rollout IS weights from the given logprobs; gates.needs_current_policy
+    # configs take the plain path), and TRL's token-mean entropy weights.
+    pg_weight, entropy_mask = _gates.policy_gates(gates, None, adv_t, m_on, old_logprobs=inputs["old_logprobs"],
+                                                  rollout_logprobs=inputs["rollout_logprobs"])
+    present += [pg_weight, _gates.entropy_scale(gates, entropy_mask, scale) if want_entropy else None]
     flat = lambda t: layout.head(t).reshape(-1).float()  # noqa: E731
     args = [flat(adv_t), flat(scale), flat(m_on)] + [flat(t) for t in present if t is not None]
     params = _encode(tok_cfg, *(t is not None for t in present))
@@ -189,9 +204,10 @@ def gro_loss(hidden, weight, targets, bias=None, *, preset=None, config=None, ma
     """Hidden states [B, T, H] (or packed [N_total, H] with cu_seqlens) -> scalar GRO loss, never materializing
     [B*T, V] logits.
 
-    preset: grpo (the default), bnpo, dr_grpo, dapo, rloo, remax, reinforce_pp, ppo, gspo, cispo, dpo,
-    ipo, simpo, kto, cpl; or config=GROObjective(...), not both (score/anchor/magnitude, surrogate, KL,
-    entropy, aggregation; rows="mixed" for batches with online and offline rows, told apart by online= [B] bool).
+    preset: grpo (the default), bnpo, dr_grpo, dapo, rloo, remax, reinforce_pp, ppo, gspo, cispo, sapo, vespo,
+    luspo, gpg, dppo_tv, dppo_kl, geo_mean, clip_cov, kl_cov, dpo, ipo, simpo, kto, cpl;
+    or config=GROObjective(...), not both (score/anchor/magnitude, surrogate, KL, entropy, aggregation;
+    rows="mixed" for batches with online and offline rows, told apart by online= [B] bool).
     Inputs (keyword): mask [B, T]; advantages [B] or [B, T], or rewards [B] with group_ids /
     group_size (baseline [B] for remax); old_logprobs, ref_logprobs, rollout_logprobs [B, T]; or
     ref_hidden (+ ref_weight, ref_bias) to stream the reference with no grad; pair_ids + chosen (dpo,
@@ -208,7 +224,9 @@ def gro_loss(hidden, weight, targets, bias=None, *, preset=None, config=None, ma
     scale_rewards, kl_estimator ("k1" | "k2" | "k3" | "k3_st" | "exact"), entropy_coef, tis_cap,
     label_smoothing, simpo_gamma, cpl_lambda, desirable_weight, undesirable_weight, online_weight,
     offline_weight, grad_in_forward (default on for token-separable presets; False for sharded heads),
-    return_entropy, temperature, ignore_index, backend, chunk_size.
+    return_entropy, temperature, ignore_index, backend, chunk_size; the TRL GRPOConfig / verl policy names
+    (loss_type="sapo", loss_mode=, loss_agg_mode=, kl_loss_type=, use_bias_correction_kl, delta,
+    top_entropy_quantile, vllm_importance_sampling_mode, ...): docs/peer_names.md.
     Vocabulary-parallel head: process_group=pg, vocab_start=s with weight (and ref_weight) the rows
     [s, s + V_r) of the head on this rank, everything else replicated (see linear_logprobs); the loss is
     the full-vocabulary one on every rank, and grad_in_forward stays off.
@@ -247,7 +265,7 @@ def gro_loss(hidden, weight, targets, bias=None, *, preset=None, config=None, ma
     _token_inputs_to_grid(inputs, layout)
     online = _row_kinds(cfg, online, batch, device)
     m_on = m & online.unsqueeze(1)
-    want_entropy = bool(return_entropy) or cfg.entropy_coef != 0.0
+    want_entropy = bool(return_entropy) or cfg.entropy_coef != 0.0 or cfg.top_entropy_quantile < 1.0
     ref = _reference(cfg, inputs, weight, targets, opts, layout)
     tok_cfg = _token_config(cfg)
     metrics, loss = {}, torch.zeros((), dtype=torch.float32, device=device)
@@ -261,7 +279,7 @@ def gro_loss(hidden, weight, targets, bias=None, *, preset=None, config=None, ma
     if cfg.has_online and _use_fused(cfg, grad_in_forward, inputs, opts, weight.shape[-1]):
         adv = _advantages(cfg, inputs, batch, layout.grid_shape, online, m_on, ref, None)
         loss, lp, ent, stats = _online_fused(hidden, weight, bias, targets, adv, scale, m_on, inputs, ref, tok_cfg,
-                                             want_entropy, opts, layout)
+                                             want_entropy, opts, layout, _po.gate_config(cfg))
         metrics.update(_pl.metrics(stats, want_entropy, ref is not None))
         return GROOutput(online_weight * loss, metrics, lp, ent)
     lp, ent = _logprobs(head, hidden, weight, targets, bias, want_entropy, opts)
@@ -269,8 +287,9 @@ def gro_loss(hidden, weight, targets, bias=None, *, preset=None, config=None, ma
     if cfg.has_online:
         adv = _advantages(cfg, inputs, batch, layout.grid_shape, online, m_on, ref, lp.detach())
         on_loss, stats = _pl.policy_loss(lp, adv, m_on, old_logprobs=inputs["old_logprobs"], ref_logprobs=ref,
-                                         rollout_logprobs=inputs["rollout_logprobs"] if cfg.tis_cap else None,
-                                         entropy=ent, cfg=tok_cfg, scale=scale,
+                                         rollout_logprobs=inputs["rollout_logprobs"]
+                                         if cfg.tis_cap or cfg.rollout_is_mode else None,
+                                         entropy=ent, cfg=tok_cfg, scale=scale, gates=_po.gate_config(cfg),
                                          importance_sampling_level=cfg.importance_sampling_level)
         metrics.update(_pl.metrics(stats, want_entropy, ref is not None))
         if cfg.kl_estimator == "exact" and cfg.kl_coef != 0.0:

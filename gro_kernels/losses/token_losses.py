@@ -1,12 +1,14 @@
 """The loss functions on per-token tensors (advantages, sampled KL, policy and preference losses):
 validation with clear errors, then the op layer. The math: docs/math.md §2-§4."""
 
-from typing import NamedTuple
+import dataclasses
+from typing import NamedTuple, Optional
 
 import torch
 
 from .. import _validate as v
 from . import checks as c
+from . import policy_options as _po
 from .config import TRL_LOSS_TYPES, check_aggregation_counts, check_token_options, preference_config
 from .preference_options import check_trl_inputs
 from ..ops.group_advantages import function as _adv
@@ -97,6 +99,7 @@ def kl_penalty(logprobs, ref_logprobs, *, estimator="k3"):
     if ref_logprobs is None:
         raise ValueError("ref_logprobs must be a tensor of logprobs' shape, got None")
     c.token_tensor("ref_logprobs", ref_logprobs, logprobs.shape, device=logprobs.device)
+    estimator = _po.KL_NAMES.get(estimator, estimator)
     if estimator not in _kl.ESTIMATORS:
         raise ValueError(f"estimator must be one of {_kl.ESTIMATORS} (exact KL: gro_kernels.exact_kl), "
                          f"got {estimator!r}")
@@ -116,7 +119,8 @@ def _mask_2d(mask, logprobs):
 def policy_loss(logprobs, advantages, mask=None, *, old_logprobs=None, ref_logprobs=None, rollout_logprobs=None,
                 entropy=None, loss_type="grpo", surrogate="clip", epsilon=None, epsilon_low=None, epsilon_high=None,
                 dual_clip=None, importance_sampling_level="token", beta=0.0, kl_estimator="k3", entropy_coef=0.0,
-                tis_cap=None, global_token_count=None, max_completion_length=None, num_sequences=None):
+                tis_cap=None, global_token_count=None, max_completion_length=None, num_sequences=None,
+                loss_mode=None, loss_agg_mode=None, **options):
     """Scalar PPO-family policy loss of per-token logprobs [B, T] (docs/math.md §3), and metrics.
 
     advantages [B] or [B, T]; mask [B, T] (bool/0-1; default all valid). Options (keyword):
@@ -129,6 +133,11 @@ def policy_loss(logprobs, advantages, mask=None, *, old_logprobs=None, ref_logpr
     (truncated IS against rollout_logprobs); global_token_count (token_mean denominator for gradient
     accumulation / data parallelism); max_completion_length (dr_grpo); num_sequences. The options are
     checked by the same functions as gro_loss's (losses/config.py).
+    Peer options (docs/peer_names.md): loss_type also "sapo", "vespo", "luspo", "cispo" (TRL);
+    loss_mode (verl policy_loss.loss_mode) and loss_agg_mode (verl spellings, e.g. "seq-mean-token-sum-norm");
+    **options: the GROObjective policy fields (delta, cispo_ratio_min, sapo_tau_pos/neg, dppo_ratio_cap,
+    dro_beta, vespo_*, kl_ratio_weighted, entropy_aggregation, top_entropy_quantile, off_policy_mask_threshold,
+    rollout_is_mode, rollout_is_min) and their TRL / verl names (use_bias_correction_kl, kl_loss_type, ...).
     Returns LossOutput(loss 0-d fp32, metrics: dict of 0-d fp32 tensors ratio, clip_ratio_low, clip_ratio_high,
     clip_ratio, kl (with ref), entropy (with entropy), num_tokens). No host sync.
     """
@@ -140,8 +149,23 @@ def policy_loss(logprobs, advantages, mask=None, *, old_logprobs=None, ref_logpr
                     ("rollout_logprobs", rollout_logprobs), ("entropy", entropy)):
         c.token_tensor(name, t, shape, device=device)
     c.no_nan_rows("advantages", adv)
-    cfg = _token_config(surrogate, epsilon, epsilon_low, epsilon_high, dual_clip, beta, kl_estimator, entropy_coef,
-                        tis_cap)
+    peer, surrogate, loss_type = _peer_options(options, loss_mode, loss_agg_mode, loss_type, surrogate)
+    take = lambda field, name, value, default: _take_peer(peer, field, name, value, default)  # noqa: E731
+    epsilon_low = take("epsilon_low", "epsilon_low", epsilon_low, None)
+    epsilon_high = take("epsilon_high", "epsilon_high", epsilon_high, None)
+    dual_clip = take("dual_clip", "dual_clip", dual_clip, None)
+    kl_estimator = take("kl_estimator", "kl_estimator", _po.KL_NAMES.get(kl_estimator, kl_estimator), "k3")
+    tis_cap = take("tis_cap", "tis_cap", tis_cap, None)
+    importance_sampling_level = take("importance_sampling_level", "importance_sampling_level",
+                                     importance_sampling_level, "token")
+    beta = take("kl_coef", "beta", beta, 0.0)
+    opts = _PolicyOptions(surrogate=surrogate, tis_cap=tis_cap, epsilon_high=0.0, **peer)
+    cfg = _token_config(_po.token_surrogate(surrogate), epsilon, epsilon_low, epsilon_high, dual_clip, beta,
+                        kl_estimator, entropy_coef, tis_cap)
+    opts = dataclasses.replace(opts, epsilon_high=cfg.epsilon_high, epsilon_low=cfg.epsilon_low,
+                               importance_sampling_level=importance_sampling_level, dual_clip=dual_clip)
+    _po.check_policy_options(opts)
+    cfg = dataclasses.replace(cfg, tis_cap=_po.tis_cap(opts), **_po.token_extras(opts))
     aggregation = TRL_LOSS_TYPES.get(loss_type, loss_type)
     if aggregation not in _pl.AGGREGATIONS:
         raise ValueError(f"loss_type must be one of {sorted(TRL_LOSS_TYPES)} or {_pl.AGGREGATIONS}, got {loss_type!r}")
@@ -151,12 +175,85 @@ def policy_loss(logprobs, advantages, mask=None, *, old_logprobs=None, ref_logpr
                   num_sequences=num_sequences)
     check_aggregation_counts(counts)
     _require_term_inputs(cfg, ref_logprobs, rollout_logprobs, entropy)
+    if opts.rollout_is_mode is not None and (rollout_logprobs is None or old_logprobs is None):
+        raise ValueError(f"rollout_is_mode={opts.rollout_is_mode!r} (vLLM importance sampling) needs old_logprobs= "
+                         "and rollout_logprobs=")
+    if opts.top_entropy_quantile < 1.0 and entropy is None:
+        raise ValueError("top_entropy_quantile < 1 needs entropy= (per-token entropy [B, T])")
     c.loss_ops_backend("logprobs", logprobs)
     scale = _pl.aggregation_scale(m, aggregation, **counts)
     loss, stats = _pl.policy_loss(logprobs, adv, m, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
                                   rollout_logprobs=rollout_logprobs, entropy=entropy, cfg=cfg,
-                                  importance_sampling_level=importance_sampling_level, scale=scale)
+                                  importance_sampling_level=importance_sampling_level, scale=scale,
+                                  gates=_po.gate_config(opts))
     return LossOutput(loss, _pl.metrics(stats, entropy is not None, ref_logprobs is not None))
+
+
+@dataclasses.dataclass(frozen=True)
+class _PolicyOptions:
+    """policy_loss's peer options under the GROObjective field names (what policy_options checks and reads)."""
+
+    surrogate: str = "clip"
+    epsilon_low: float = 0.2
+    epsilon_high: float = 0.2
+    tis_cap: Optional[float] = None
+    delta: Optional[float] = None
+    cispo_ratio_min: Optional[float] = None
+    sapo_tau_pos: float = 1.0
+    sapo_tau_neg: float = 1.05
+    dppo_ratio_cap: float = 20.0
+    dro_beta: Optional[float] = None
+    vespo_k_pos: float = 2.0
+    vespo_lambda_pos: float = 3.0
+    vespo_k_neg: float = 3.0
+    vespo_lambda_neg: float = 2.0
+    kl_ratio_weighted: bool = False
+    entropy_aggregation: str = "loss"
+    top_entropy_quantile: float = 1.0
+    off_policy_mask_threshold: Optional[float] = None
+    rollout_is_mode: Optional[str] = None
+    rollout_is_min: Optional[float] = None
+    clip_cov_ratio: float = 2e-4
+    clip_cov_lb: float = 1.0
+    clip_cov_ub: float = 5.0
+    kl_cov_ratio: float = 2e-4
+    ppo_kl_coef: float = 0.1
+    importance_sampling_level: str = "token"
+    dual_clip: Optional[float] = None
+
+
+_POLICY_FIELDS = tuple(f.name for f in dataclasses.fields(_PolicyOptions) if f.name not in ("surrogate", "epsilon_low",
+                                                                                             "epsilon_high", "tis_cap",
+                                                                                             "importance_sampling_level",
+                                                                                             "dual_clip"))
+
+
+def _take_peer(peer, field, name, value, default):
+    """A policy_loss argument or the peer name that sets the same field; both given and different: refused."""
+    if field not in peer:
+        return value
+    if value != default and value != peer[field]:
+        raise ValueError(f"{name}={value!r} and a TRL / verl option setting it to {peer[field]!r} are both given; "
+                         "pass one of them")
+    return peer.pop(field)
+
+
+def _peer_options(options, loss_mode, loss_agg_mode, loss_type, surrogate):
+    """(GROObjective-named options, surrogate, loss_type) from policy_loss's peer keywords."""
+    unknown = sorted(set(options) - set(_POLICY_FIELDS) - set(_po.PEER_NAMES))
+    if unknown:
+        raise TypeError(f"policy_loss got unexpected keyword argument(s) {unknown}; peer options are "
+                        f"{list(_POLICY_FIELDS)} and {list(_po.PEER_NAMES)}")
+    given = dict(options, loss_mode=loss_mode, loss_agg_mode=loss_agg_mode)
+    if loss_type != "grpo":
+        given["loss_type"] = loss_type
+    if surrogate != "clip":
+        given["surrogate"] = surrogate
+    peer = _po.translate({k: val for k, val in given.items() if val is not None})
+    if "aggregation" in peer:
+        loss_type = peer.pop("aggregation")
+    peer.pop("loss_type", None)
+    return peer, peer.pop("surrogate", surrogate), loss_type
 
 
 def _token_config(surrogate, epsilon, epsilon_low, epsilon_high, dual_clip, beta, kl_estimator, entropy_coef,
