@@ -16,7 +16,15 @@ from typing import Optional
 ADVANTAGE_MODES = {("group_mean", "std"): ("grpo", "group"), ("group_mean", "batch_std"): ("grpo", "batch"),
                    ("group_mean", "identity"): ("dr_grpo", "none"), ("leave_one_out", "identity"): ("rloo", "none"),
                    ("greedy", "identity"): ("remax", "none"), ("batch_mean", "whiten"): ("reinforce_pp", "none"),
-                   ("none", "identity"): ("none", "none")}
+                   ("none", "identity"): ("none", "none"),
+                   # verl's further estimators (ops/group_advantages/estimators.py)
+                   ("best_of_group", "std"): ("grpo_passk", "group"), ("best_of_group", "identity"): ("grpo_passk", "none"),
+                   ("length_weighted_mean", "identity"): ("opo", "none"),
+                   ("group_mean", "nonzero_share"): ("gpg", "none"),
+                   ("group_mean_score", "whiten"): ("reinforce_pp_baseline", "none"),
+                   ("value", "whiten"): ("gae", "none"),
+                   ("optimal_token", "identity"): ("optimal_token_baseline", "none"),
+                   ("optimal_token_aligned", "identity"): ("tir_optimal_token_baseline", "none")}
 OFFLINE_LOSSES = {("implicit", "pair", "sigmoid"): "dpo", ("implicit", "pair", "squared"): "ipo",
                   ("length_normalized", "pair", "sigmoid"): "simpo", ("discounted", "pair", "sigmoid"): "cpl",
                   ("implicit", "reference_point", "sigmoid"): "kto"}
@@ -42,6 +50,10 @@ class GROObjective:
     kl_estimator: str = "k3"                # k1 | k2 | k3 | k3_st | exact (streamed full-vocabulary KL)
     kl_in_reward: bool = False              # REINFORCE++: k1 shapes the return instead of entering the loss
     entropy_coef: float = 0.0
+    gamma: float = 1.0                      # discount of token-level returns (reinforce_pp, gae)
+    lam: float = 1.0                        # GAE lambda
+    handle_zero_tail: bool = True           # optimal_token_baseline: no baseline past the second-longest row
+    advantage_eps: float = 1e-6             # eps of std divisions (TRL's presets: 1e-4); eps= overrides it
     # offline rows
     offline_score: str = "implicit"
     offline_anchor: str = "pair"
@@ -102,6 +114,20 @@ PRESETS = {
     "gspo": dataclasses.replace(_GRPO, name="gspo", importance_sampling_level="sequence", epsilon_low=3e-4,
                                 epsilon_high=4e-4),
     "cispo": dataclasses.replace(_GRPO, name="cispo", surrogate="cispo", epsilon_high=5.0, aggregation="token_mean"),
+    # verl adv_estimator names (docs/math.md §2); gae is PPO with a value baseline, so a token-mean like ppo
+    "grpo_passk": dataclasses.replace(_GRPO, name="grpo_passk", anchor="best_of_group"),
+    "opo": dataclasses.replace(_GRPO, name="opo", anchor="length_weighted_mean", magnitude="identity",
+                               aggregation="token_mean"),
+    "gpg": dataclasses.replace(_GRPO, name="gpg", magnitude="nonzero_share", aggregation="token_mean"),
+    "reinforce_pp_baseline": dataclasses.replace(_GRPO, name="reinforce_pp_baseline", anchor="group_mean_score",
+                                                 magnitude="whiten", aggregation="token_mean", kl_in_reward=True,
+                                                 kl_estimator="k1"),
+    "gae": dataclasses.replace(_GRPO, name="gae", anchor="value", magnitude="whiten", aggregation="token_mean"),
+    "optimal_token_baseline": dataclasses.replace(_GRPO, name="optimal_token_baseline", anchor="optimal_token",
+                                                  magnitude="identity", aggregation="token_mean"),
+    "tir_optimal_token_baseline": dataclasses.replace(_GRPO, name="tir_optimal_token_baseline",
+                                                      anchor="optimal_token_aligned", magnitude="identity",
+                                                      aggregation="token_mean"),
     "dpo": GROObjective(name="dpo", rows="offline"),
     "ipo": GROObjective(name="ipo", rows="offline", offline_phi="squared"),
     "simpo": GROObjective(name="simpo", rows="offline", offline_score="length_normalized", preference_beta=2.0),
