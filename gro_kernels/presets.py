@@ -22,7 +22,7 @@ ADVANTAGE_MODES = {("group_mean", "std"): ("grpo", "group"), ("group_mean", "bat
                    ("length_weighted_mean", "identity"): ("opo", "none"),
                    ("group_mean", "nonzero_share"): ("gpg", "none"),
                    ("group_mean_score", "whiten"): ("reinforce_pp_baseline", "none"),
-                   ("value", "whiten"): ("gae", "none"),
+                   ("value", "whiten"): ("gae", "none"), ("none", "whiten"): ("reinforce_pp", "none"),
                    ("optimal_token", "identity"): ("optimal_token_baseline", "none"),
                    ("optimal_token_aligned", "identity"): ("tir_optimal_token_baseline", "none")}
 OFFLINE_LOSSES = {("implicit", "pair", "sigmoid"): "dpo", ("implicit", "pair", "squared"): "ipo",
@@ -54,6 +54,7 @@ class GROObjective:
     lam: float = 1.0                        # GAE lambda
     handle_zero_tail: bool = True           # optimal_token_baseline: no baseline past the second-longest row
     advantage_eps: float = 1e-6             # eps of std divisions (TRL's presets: 1e-4); eps= overrides it
+    normalize_advantages: bool = False      # TRL RLOO: whiten the sequence advantages over the batch
     # offline rows
     offline_score: str = "implicit"
     offline_anchor: str = "pair"
@@ -98,7 +99,8 @@ class GROObjective:
                 and self.kl_estimator != "exact")
 
 
-_GRPO = GROObjective(name="grpo")
+_GRPO = GROObjective(name="grpo", advantage_eps=1e-4)  # TRL's GRPOTrainer / RLOOTrainer: std + 1e-4
+_VERL_EPS = dict(advantage_eps=1e-6)                    # verl's estimators (and OpenRLHF's REINFORCE++): 1e-6
 PRESETS = {
     "grpo": _GRPO,
     "bnpo": dataclasses.replace(_GRPO, name="bnpo", aggregation="token_mean"),
@@ -115,25 +117,30 @@ PRESETS = {
                                 epsilon_high=4e-4),
     "cispo": dataclasses.replace(_GRPO, name="cispo", surrogate="cispo", epsilon_high=5.0, aggregation="token_mean"),
     # verl adv_estimator names (docs/math.md §2); gae is PPO with a value baseline, so a token-mean like ppo
-    "grpo_passk": dataclasses.replace(_GRPO, name="grpo_passk", anchor="best_of_group"),
+    "grpo_passk": dataclasses.replace(_GRPO, name="grpo_passk", anchor="best_of_group", **_VERL_EPS),
     "opo": dataclasses.replace(_GRPO, name="opo", anchor="length_weighted_mean", magnitude="identity",
-                               aggregation="token_mean"),
-    "gpg": dataclasses.replace(_GRPO, name="gpg", magnitude="nonzero_share", aggregation="token_mean"),
+                               aggregation="token_mean", **_VERL_EPS),
+    "gpg": dataclasses.replace(_GRPO, name="gpg", magnitude="nonzero_share", aggregation="token_mean", **_VERL_EPS),
     "reinforce_pp_baseline": dataclasses.replace(_GRPO, name="reinforce_pp_baseline", anchor="group_mean_score",
                                                  magnitude="whiten", aggregation="token_mean", kl_in_reward=True,
-                                                 kl_estimator="k1"),
-    "gae": dataclasses.replace(_GRPO, name="gae", anchor="value", magnitude="whiten", aggregation="token_mean"),
+                                                 kl_estimator="k1", **_VERL_EPS),
+    "gae": dataclasses.replace(_GRPO, name="gae", anchor="value", magnitude="whiten", aggregation="token_mean",
+                               **_VERL_EPS),
     "optimal_token_baseline": dataclasses.replace(_GRPO, name="optimal_token_baseline", anchor="optimal_token",
-                                                  magnitude="identity", aggregation="token_mean"),
+                                                  magnitude="identity", aggregation="token_mean", **_VERL_EPS),
     "tir_optimal_token_baseline": dataclasses.replace(_GRPO, name="tir_optimal_token_baseline",
                                                       anchor="optimal_token_aligned", magnitude="identity",
-                                                      aggregation="token_mean"),
+                                                      aggregation="token_mean", **_VERL_EPS),
     "dpo": GROObjective(name="dpo", rows="offline"),
     "ipo": GROObjective(name="ipo", rows="offline", offline_phi="squared"),
     "simpo": GROObjective(name="simpo", rows="offline", offline_score="length_normalized", preference_beta=2.0),
     "kto": GROObjective(name="kto", rows="offline", offline_anchor="reference_point"),
     "cpl": GROObjective(name="cpl", rows="offline", offline_score="discounted"),
 }
+
+# ReMax, REINFORCE++ and PPO follow verl / OpenRLHF, not TRL: their eps stays 1e-6.
+for _name in ("remax", "reinforce_pp", "ppo"):
+    PRESETS[_name] = dataclasses.replace(PRESETS[_name], **_VERL_EPS)
 
 
 def get_preset(name: str) -> GROObjective:

@@ -4,6 +4,8 @@ _advantages (gro.py), so both refuse the same things with the same words."""
 
 import math
 
+import torch
+
 from . import checks as c
 from .. import _validate as v
 from ..ops.group_advantages import estimators as _est
@@ -81,3 +83,14 @@ def advantages(mode, rewards, index, groups, mask, *, eps, scale_rewards="group"
                                            eps=eps, handle_zero_tail=handle_zero_tail,
                                            aligned=mode == "tir_optimal_token_baseline")
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
+def sequence_scores(rewards, mask, token_kl, kl_coef):
+    """The sequence reward with the KL in it: r - kl_coef * sum_t k1_t over valid tokens (TRL RLOO's beta * kl,
+    verl's use_kl_in_reward summed by its outcome estimators)."""
+    return _est.sequence_scores(rewards, mask, token_kl, kl_coef)
+
+
+def normalize(adv, rows, eps):
+    """TRL RLOO's normalize_advantages: (A - mean) / (std + eps) over the rows given (std unbiased), 0 elsewhere."""
+    return _est.normalize_rows(adv, rows, eps)

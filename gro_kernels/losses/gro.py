@@ -13,6 +13,7 @@ import torch
 
 from .. import _validate as v
 from .. import functional as F
+from . import advantages as _ext_adv
 from . import checks as c
 from . import layout as _layout
 from .config import check_batch_inputs, objective_preference_config, resolve_config
@@ -87,6 +88,9 @@ def _advantages(cfg, inputs, batch, shape, online, m_on, ref, current_lp):
         return torch.where(online if adv.dim() == 1 else m_on, adv, 0.0)
     rewards = inputs["rewards"]
     mode, scale_rewards = cfg.advantage_mode
+    eps = cfg.advantage_eps if inputs["eps"] is None else inputs["eps"]
+    extra = {name: inputs[name] for name in _ext_adv.USERS if name != "old_logprobs"}
+    _ext_adv.reject_unused(mode, extra, who=f"preset {cfg.name!r} with advantage mode")
     if rewards is None:
         raise ValueError(f"preset {cfg.name!r} needs advantages= or rewards= for its online rows")
     c.no_nan_rows("rewards", rewards, online)
@@ -102,15 +106,31 @@ def _advantages(cfg, inputs, batch, shape, online, m_on, ref, current_lp):
         if inputs["baseline"] is None:
             raise ValueError(f"preset {cfg.name!r} (remax) needs baseline= (the greedy answer's reward per row)")
         c.no_nan_rows("baseline", inputs["baseline"], online)
+    if mode == "reinforce_pp" and cfg.anchor == "none" and index is not None:
+        raise ValueError(f"config {cfg.name!r} (anchor 'none': verl's reinforce_plus_plus) has no group baseline "
+                         "and would ignore group_ids= / group_size=; use preset 'reinforce_pp' for the group mean")
+    token_kl = None
+    if cfg.kl_in_reward and cfg.kl_coef != 0.0:
+        old = inputs["old_logprobs"] if inputs["old_logprobs"] is not None else current_lp
+        token_kl = old.float() - ref.float()
+        if mode not in _ext_adv.KL_MODES:  # sequence-level modes: the reward minus kl_coef * sum_t k1 (TRL RLOO, verl)
+            rewards = torch.where(online, _ext_adv.sequence_scores(rewards, m_on, token_kl, cfg.kl_coef), 0.0)
+    if mode in _ext_adv.MODES or (mode == "reinforce_pp" and cfg.gamma != 1.0):
+        given = dict(extra, old_logprobs=inputs["old_logprobs"])
+        _ext_adv.check_inputs(mode, given, m_on, index, who=f"preset {cfg.name!r} with advantage mode")
+        adv = _ext_adv.advantages(mode, rewards, index, groups, m_on, eps=eps, scale_rewards=scale_rewards,
+                                  token_kl=token_kl, kl_coef=cfg.kl_coef, gamma=cfg.gamma, lam=cfg.lam,
+                                  handle_zero_tail=cfg.handle_zero_tail, **given)
+        if cfg.normalize_advantages and adv.dim() == 1:
+            adv = _ext_adv.normalize(adv, online, eps)
+        return torch.where(online if adv.dim() == 1 else m_on, adv, 0.0)
     if mode == "reinforce_pp":
-        token_kl = None
-        if cfg.kl_in_reward and cfg.kl_coef != 0.0:
-            old = inputs["old_logprobs"] if inputs["old_logprobs"] is not None else current_lp
-            token_kl = old.float() - ref.float()
         return _adv.reinforce_pp_advantages(rewards, m_on, index=index, groups=groups, token_kl=token_kl,
-                                            kl_coef=cfg.kl_coef, eps=inputs["eps"])
-    adv = _adv.group_advantages(rewards, index, groups, mode, eps=inputs["eps"], baseline=inputs["baseline"],
+                                            kl_coef=cfg.kl_coef, eps=eps)
+    adv = _adv.group_advantages(rewards, index, groups, mode, eps=eps, baseline=inputs["baseline"],
                                 scale_rewards=scale_rewards)
+    if cfg.normalize_advantages:
+        adv = _ext_adv.normalize(adv, online, eps)
     return torch.where(online, adv, 0.0)
 
 
@@ -158,7 +178,7 @@ def _use_fused(cfg, grad_in_forward, inputs, opts, hidden_size):
         return False
     mode = cfg.advantage_mode[0] if inputs["advantages"] is None else "given"
     # REINFORCE++ shapes its return with the current policy's k1 when old logprobs are absent.
-    if mode == "reinforce_pp" and cfg.kl_in_reward and cfg.kl_coef != 0.0 and inputs["old_logprobs"] is None:
+    if cfg.kl_in_reward and cfg.kl_coef != 0.0 and inputs["old_logprobs"] is None:
         return False
     return _fused_module() is not None
 
@@ -295,7 +315,7 @@ def _batch_layout(hidden, targets, cu_seqlens):
     return _layout.padded(*targets.shape)
 
 
-GRID_INPUTS = ("old_logprobs", "ref_logprobs", "rollout_logprobs")
+GRID_INPUTS = ("old_logprobs", "ref_logprobs", "rollout_logprobs", "values", "sum_pi_squared", "rollout_is_weights")
 
 
 def _token_inputs_to_grid(inputs, layout):
@@ -375,11 +395,10 @@ def _require_rows_match(cfg, online):
 
 INPUT_NAMES = ("advantages", "rewards", "group_ids", "group_size", "baseline", "eps", "old_logprobs",
                "ref_logprobs", "rollout_logprobs", "ref_hidden", "ref_weight", "ref_bias", "pair_ids", "chosen",
-               "desirable", "kto_z0", "global_token_count", "max_completion_length", "num_sequences")
+               "desirable", "kto_z0", "global_token_count", "max_completion_length", "num_sequences",
+               "values", "sum_pi_squared", "rollout_is_weights")
 
 
 def _split_kwargs(kwargs):
-    inputs = {name: kwargs.pop(name, None) for name in INPUT_NAMES}
-    if inputs["eps"] is None:
-        inputs["eps"] = 1e-6
+    inputs = {name: kwargs.pop(name, None) for name in INPUT_NAMES}  # eps None: the config's advantage_eps
     return inputs, kwargs

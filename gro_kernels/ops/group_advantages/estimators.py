@@ -208,3 +208,9 @@ def optimal_token_baseline(rewards, mask, index, groups: int, old_logprobs, sum_
     out = torch.zeros(m.shape, dtype=torch.float32, device=m.device)
     out[m] = adv[row[m], pos[m]]
     return out
+
+
+def normalize_rows(adv, rows, eps: float):
+    """(A - mean) / (std + eps) over the rows marked in rows [B] bool (std unbiased; TRL RLOO's
+    normalize_advantages), 0 on the others and when fewer than two rows are marked."""
+    return whiten_tokens(adv.to(torch.float32).unsqueeze(1), rows.to(torch.bool).unsqueeze(1), eps).squeeze(1)
