@@ -116,8 +116,9 @@ PRESETS = {
     "gspo": dataclasses.replace(_GRPO, name="gspo", importance_sampling_level="sequence", epsilon_low=3e-4,
                                 epsilon_high=4e-4),
     "cispo": dataclasses.replace(_GRPO, name="cispo", surrogate="cispo", epsilon_high=5.0, aggregation="token_mean"),
-    # verl adv_estimator names (docs/math.md §2); gae is PPO with a value baseline, so a token-mean like ppo
-    "grpo_passk": dataclasses.replace(_GRPO, name="grpo_passk", anchor="best_of_group", **_VERL_EPS),
+    # verl adv_estimator names (docs/math.md §2), on verl's default loss_agg_mode token-mean
+    "grpo_passk": dataclasses.replace(_GRPO, name="grpo_passk", anchor="best_of_group", aggregation="token_mean",
+                                      **_VERL_EPS),
     "opo": dataclasses.replace(_GRPO, name="opo", anchor="length_weighted_mean", magnitude="identity",
                                aggregation="token_mean", **_VERL_EPS),
     "gpg": dataclasses.replace(_GRPO, name="gpg", magnitude="nonzero_share", aggregation="token_mean", **_VERL_EPS),
