@@ -87,7 +87,8 @@ def group_advantages(rewards, *, group_ids=None, group_size=None, mode="grpo", e
     index, groups = c.group_index(batch, group_ids, group_size, rewards.device)
     if mode in _ext_adv.TOKEN_MODES or mode == "opo":
         if mask is None:
-            raise ValueError(f"mode={mode!r} works on tokens and needs mask= [B, T]")
+            does = "whitens over tokens" if mode in ("reinforce_pp", "reinforce_pp_baseline", "gae") else "works on tokens"
+            raise ValueError(f"mode={mode!r} {does} and needs mask= [B, T]")
         v.require_tensor("mask", mask)
         if mask.dim() != 2 or mask.shape[0] != batch:
             raise ValueError(f"mask must be [B, T] with B = {batch} rows, got {v.describe(mask)}")
