@@ -116,6 +116,11 @@ PRESETS = {
     "gspo": dataclasses.replace(_GRPO, name="gspo", importance_sampling_level="sequence", epsilon_low=3e-4,
                                 epsilon_high=4e-4),
     "cispo": dataclasses.replace(_GRPO, name="cispo", surrogate="cispo", epsilon_high=5.0, aggregation="token_mean"),
+    # TRL's RLOOTrainer: beta 0.05 as k1 summed into the reward, exp(sum_t l - l_old) clipped per sequence, the mean
+    # over sequences (seq_mean_token_mean of a per-sequence term), normalize_advantages off by default
+    "trl_rloo": dataclasses.replace(_GRPO, name="trl_rloo", anchor="leave_one_out", magnitude="identity",
+                                    importance_sampling_level="sequence_sum", kl_coef=0.05, kl_in_reward=True,
+                                    kl_estimator="k1"),
     # verl adv_estimator names (docs/math.md §2), on verl's default loss_agg_mode token-mean
     "grpo_passk": dataclasses.replace(_GRPO, name="grpo_passk", anchor="best_of_group", aggregation="token_mean",
                                       **_VERL_EPS),

@@ -4,8 +4,6 @@ _advantages (gro.py), so both refuse the same things with the same words."""
 
 import math
 
-import torch
-
 from . import checks as c
 from .. import _validate as v
 from ..ops.group_advantages import estimators as _est

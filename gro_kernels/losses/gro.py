@@ -113,7 +113,7 @@ def _advantages(cfg, inputs, batch, shape, online, m_on, ref, current_lp):
     if cfg.kl_in_reward and cfg.kl_coef != 0.0:
         old = inputs["old_logprobs"] if inputs["old_logprobs"] is not None else current_lp
         token_kl = old.float() - ref.float()
-        if mode not in _ext_adv.KL_MODES:  # sequence-level modes: the reward minus kl_coef * sum_t k1 (TRL RLOO, verl)
+        if mode not in _ext_adv.KL_MODES:  # sequence-level modes: r - kl_coef * sum_t k1 (TRL RLOO, verl)
             rewards = torch.where(online, _ext_adv.sequence_scores(rewards, m_on, token_kl, cfg.kl_coef), 0.0)
     if mode in _ext_adv.MODES or (mode == "reinforce_pp" and cfg.gamma != 1.0):
         given = dict(extra, old_logprobs=inputs["old_logprobs"])
@@ -176,9 +176,8 @@ def _use_fused(cfg, grad_in_forward, inputs, opts, hidden_size):
         return False
     if F.selected_backend(inputs["device"], opts["backend"], hidden_size=hidden_size).split("/")[0] != "chunked":
         return False
-    mode = cfg.advantage_mode[0] if inputs["advantages"] is None else "given"
-    # REINFORCE++ shapes its return with the current policy's k1 when old logprobs are absent.
-    if cfg.kl_in_reward and cfg.kl_coef != 0.0 and inputs["old_logprobs"] is None:
+    # KL in the reward (REINFORCE++, TRL RLOO) shapes it with the current policy's k1 when old logprobs are absent.
+    if inputs["advantages"] is None and cfg.kl_in_reward and cfg.kl_coef != 0.0 and inputs["old_logprobs"] is None:
         return False
     return _fused_module() is not None
 

@@ -227,3 +227,47 @@ def test_bad_advantage_options_raise_naming_them(what, kw, err, match):
         del args["group_ids"]
     with pytest.raises(err, match=match):
         gro_kernels.gro_loss(hidden.float(), weight.float(), targets, mask=mask, **args)
+
+
+def test_trl_rloo_preset_matches_trl_rloo_loss():
+    """trl/trainer/rloo_trainer.py RLOOTrainer: advantages as trl_rloo_advantages (beta 0.05), then in _compute_loss
+    log_ratio = sum_t (l - l_old) per sequence, loss = mean_i -min(exp(log_ratio) A_i, clip(exp(log_ratio), 1 - 0.2,
+    1 + 0.2) A_i); the gradient by autograd of that float64 formula."""
+    batch = make_batch(8)
+    hidden, weight, targets, mask, e = batch
+    mask = mask.clone()
+    mask[5, 0] = True  # TRL's mean runs over every completion; gro's seq_mean counts empty rows too: keep none
+    batch = (hidden, weight, targets, mask, e)
+    ids = torch.tensor([0, 0, 0, 1, 1, 1])
+    e = dict(e, old=e["old"] + torch.tensor([0.1, -0.1, 0.0, 0.0, 0.3, 0.0], dtype=torch.float64).unsqueeze(1))
+    ours = run(batch, preset="trl_rloo", rewards=e["rewards"].float(), group_ids=ids, old_logprobs=e["old"].float(),
+               ref_logprobs=e["ref"].float())
+    m = mask.double()
+    adv = trl_rloo_advantages(e["rewards"], m, e["old"], e["ref"], 0.05, [[0, 1, 2], [3, 4, 5]], False)
+    h = hidden.clone().requires_grad_()
+    w = weight.clone().requires_grad_()
+    lp, _, _ = R.token_logprobs(h, w, None, targets)
+    log_ratio = ((lp - e["old"]) * m).sum(1)
+    coef = torch.exp(log_ratio)
+    loss = -torch.min(coef * adv, torch.clamp(coef, 0.8, 1.2) * adv).mean()
+    loss.backward()
+    assert_same(ours, (loss.detach(), h.grad, w.grad), "trl_rloo")
+    assert bool(((coef < 0.8) | (coef > 1.2)).any())  # the clip is active on some sequence
+
+
+def test_sequence_sum_level_in_policy_loss():
+    """policy_loss(importance_sampling_level="sequence_sum") is the same per-sequence term (TRL RLOO)."""
+    g = torch.Generator().manual_seed(3)
+    lp = (-torch.rand(4, 3, generator=g, dtype=torch.float64)).requires_grad_()
+    old = lp.detach() + 0.2 * torch.randn(4, 3, generator=g, dtype=torch.float64)
+    adv = torch.randn(4, generator=g, dtype=torch.float64)
+    m = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]], dtype=torch.bool)
+    lpf = lp.detach().float().requires_grad_()
+    out = gro_kernels.policy_loss(lpf, adv.float(), m, old_logprobs=old.float(), loss_type="seq_mean_token_mean",
+                                  importance_sampling_level="sequence_sum")
+    out.loss.backward()
+    coef = torch.exp(((lp - old) * m).sum(1))
+    ref = -torch.min(coef * adv, torch.clamp(coef, 0.8, 1.2) * adv).mean()
+    ref.backward()
+    torch.testing.assert_close(out.loss.double(), ref.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(lpf.grad.double(), lp.grad, rtol=1e-4, atol=1e-6)

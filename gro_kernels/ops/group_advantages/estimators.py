@@ -164,7 +164,7 @@ def _otb(returns, weights, mask, index, groups: int, member, *, eps: float, hand
     count in a group (a group of one member gets 0). handle_zero_tail: the single longest member of a group,
     longer than the second, gets no baseline from the second one's length on."""
     m = mask.to(torch.bool)
-    rows, cols = m.shape
+    cols = m.shape[1]
     g = index
     num = torch.zeros(groups, cols, dtype=torch.float32, device=m.device)
     den = torch.zeros_like(num)
