@@ -271,3 +271,24 @@ def test_sequence_sum_level_in_policy_loss():
     ref.backward()
     torch.testing.assert_close(out.loss.double(), ref.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(lpf.grad.double(), lp.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("grad_in_forward", [True, False], ids=["gif", "plain"])
+@pytest.mark.parametrize("estimator", ["gae", "optimal_token_baseline", "tir_optimal_token_baseline",
+                                       "reinforce_plus_plus_baseline", "opo"])
+def test_packed_batches_equal_padded(estimator, grad_in_forward):
+    """cu_seqlens (issue #14): the per-token estimator inputs (values, sum_pi_squared) go to the grid like
+    old_logprobs; the loss, logprobs and gradients equal the padded batch's."""
+    from tests.losses import test_packed as P
+    batch = P.Batch(seed=4)
+    g = torch.Generator().manual_seed(1)
+    values = torch.randn(P.B, P.T, generator=g)
+    spp = batch.old.float().exp() ** 2 + 0.1
+    group_ids = torch.tensor([0, 0, 1, 1, 1, 2])
+    per_token = {"gae": {"values": values}, "optimal_token_baseline": {"sum_pi_squared": spp},
+                 "tir_optimal_token_baseline": {"sum_pi_squared": spp}}.get(estimator, {})
+    kw = dict(preset="bnpo", adv_estimator=estimator, rewards=batch.rewards, old_logprobs=batch.old.float(),
+              grad_in_forward=grad_in_forward, **({} if estimator == "gae" else {"group_ids": group_ids}))
+    padded = P.run(batch, False, **kw, **per_token)
+    packed = P.run(batch, True, **kw, **{k: batch.flat(t) for k, t in per_token.items()})
+    P.assert_same(batch, padded, packed, estimator)
