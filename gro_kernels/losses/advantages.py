@@ -4,6 +4,8 @@ _advantages (gro.py), so both refuse the same things with the same words."""
 
 import math
 
+import torch
+
 from . import checks as c
 from .. import _validate as v
 from ..ops.group_advantages import estimators as _est
@@ -11,7 +13,7 @@ from ..ops.group_advantages import estimators as _est
 MODES = _est.MODES
 TOKEN_MODES = _est.TOKEN_MODES
 VERL_ESTIMATORS = _est.VERL_ESTIMATORS
-GROUPED = ("grpo_passk", "opo", "gpg", "optimal_token_baseline", "tir_optimal_token_baseline")
+GROUPED = ("grpo_passk", "opo", "gpg", "optimal_token_baseline", "tir_optimal_token_baseline", "gdpo")
 
 # The inputs only some modes read (beyond rewards and groups); given to another mode they would be dropped.
 # reinforce_pp's own entries are in token_losses._reject_unused_inputs; gamma is checked in check_gamma_lam.
@@ -59,7 +61,7 @@ def check_inputs(mode, inputs: dict, mask, index, *, who="mode"):
 
 def advantages(mode, rewards, index, groups, mask, *, eps, scale_rewards="group", token_kl=None, kl_coef=0.0,
                gamma=1.0, lam=1.0, values=None, old_logprobs=None, sum_pi_squared=None, rollout_is_weights=None,
-               handle_zero_tail=True):
+               handle_zero_tail=True, reward_weights=None):
     """[B] (grpo_passk, opo, gpg) or [B, T] fp32 advantages of the estimators in ops/group_advantages/estimators.py;
     reinforce_pp with gamma != 1 too. mask [B, T] bool (required for every mode here but gpg / grpo_passk)."""
     if mode == "grpo_passk":
@@ -75,6 +77,8 @@ def advantages(mode, rewards, index, groups, mask, *, eps, scale_rewards="group"
         return _est.reinforce_pp_baseline(rewards, mask, index, groups, token_kl=token_kl, kl_coef=kl_coef, eps=eps)
     if mode == "gae":
         return _est.gae(rewards, mask, values, gamma=gamma, lam=lam, token_kl=token_kl, kl_coef=kl_coef, eps=eps)
+    if mode == "gdpo":
+        return _est.gdpo(rewards, mask, index, groups, weights=reward_weights, eps=eps, scale_rewards=scale_rewards)
     if mode in ("optimal_token_baseline", "tir_optimal_token_baseline"):
         return _est.optimal_token_baseline(rewards, mask, index, groups, old_logprobs, sum_pi_squared,
                                            rollout_is_weights=rollout_is_weights, token_kl=token_kl, kl_coef=kl_coef,
@@ -92,3 +96,14 @@ def sequence_scores(rewards, mask, token_kl, kl_coef):
 def normalize(adv, rows, eps):
     """TRL RLOO's normalize_advantages: (A - mean) / (std + eps) over the rows given (std unbiased), 0 elsewhere."""
     return _est.normalize_rows(adv, rows, eps)
+
+
+def reward_weights_tensor(weights, components, device):
+    """gdpo's reward_weights: one finite number per reward column, as a float tensor (a list is fine)."""
+    if weights is None:
+        return None
+    w = weights if isinstance(weights, torch.Tensor) else torch.tensor(weights, dtype=torch.float32)
+    if w.dim() != 1 or w.shape[0] != components or not w.is_floating_point() or not bool(torch.isfinite(w).all()):
+        raise ValueError(f"reward_weights must be {components} finite numbers (one per reward column), got "
+                         f"{w.tolist() if w.dim() <= 1 else v.describe(w)}")
+    return w.to(device)

@@ -147,6 +147,10 @@ def _verl_advantage_overrides(base: GROObjective, overrides: dict, out: dict):
             raise ValueError(f"{alias}={value!r} and {taken[0]}={overrides[taken[0]]!r} both set the advantage "
                              "estimator; pass one of them")
     if estimator is not None:
+        if estimator == "gdpo":
+            raise ValueError("adv_estimator='gdpo' needs several reward columns per row, which rewards= [B] cannot "
+                             "carry: pass advantages=group_advantages(rewards [B, K], mode='gdpo', mask=..., "
+                             "group_ids=...)")
         if estimator not in VERL_ADV_ESTIMATORS:
             raise ValueError(f"adv_estimator must be one of verl's {sorted(VERL_ADV_ESTIMATORS)}, got {estimator!r}")
         out["anchor"], out["magnitude"] = VERL_ADV_ESTIMATORS[estimator]

@@ -29,7 +29,7 @@ class LossOutput(NamedTuple):
 def group_advantages(rewards, *, group_ids=None, group_size=None, mode="grpo", eps=1e-6, baseline=None, mask=None,
                      scale_rewards="group", token_kl=None, kl_coef=0.0, gamma=1.0, lam=1.0, values=None,
                      old_logprobs=None, sum_pi_squared=None, rollout_is_weights=None, handle_zero_tail=True,
-                     norm_adv_by_std_in_grpo=None):
+                     norm_adv_by_std_in_grpo=None, reward_weights=None):
     """Advantages from rewards [B] and groups (docs/math.md §2); fp32, no gradient.
 
     Groups: group_ids [B] (any ints, or a list / numpy array of uid strings as verl passes them; ragged
@@ -45,14 +45,19 @@ def group_advantages(rewards, *, group_ids=None, group_size=None, mode="grpo", e
     "reinforce_pp_baseline" (the KL-shaped score summed per sequence, minus its group mean, whitened),
     "gae" (values [B, T], gamma, lam; whitened), "optimal_token_baseline" and
     "tir_optimal_token_baseline" (old_logprobs, sum_pi_squared [B, T], optional rollout_is_weights,
-    handle_zero_tail). verl's adv_estimator names are accepted as they are spelt (reinforce_plus_plus,
+    handle_zero_tail), "gdpo" (rewards [B, K]: grpo per column, summed with reward_weights [K], whitened
+    over valid tokens). verl's adv_estimator names are accepted as they are spelt (reinforce_plus_plus,
     reinforce_plus_plus_baseline, rloo_vectorized, grpo_vectorized, ...). Token-level modes put the
     sequence reward on the last valid token. A group of one, or identical rewards, gives 0 (never NaN),
     in every grouped mode. eps: added to every std (default 1e-6, verl's; TRL's is 1e-4). NaN rewards
     raise naming the row.
     """
     v.require_tensor("rewards", rewards)
-    if rewards.dim() != 1 or not rewards.is_floating_point():
+    if mode == "gdpo":  # one column per reward component
+        if rewards.dim() != 2 or not rewards.is_floating_point():
+            raise ValueError(f"mode='gdpo' needs rewards as a 2-D floating tensor [B, K] (one column per reward "
+                             f"component), got {v.describe(rewards)}")
+    elif rewards.dim() != 1 or not rewards.is_floating_point():
         raise ValueError(f"rewards must be a 1-D floating tensor [B], got {v.describe(rewards)}")
     v.require_data("rewards", rewards)
     verl_name = mode if mode in _ext_adv.VERL_ESTIMATORS and mode not in ADVANTAGE_MODES else None
@@ -68,15 +73,17 @@ def group_advantages(rewards, *, group_ids=None, group_size=None, mode="grpo", e
                  rollout_is_weights=rollout_is_weights)
     _ext_adv.reject_unused(mode, extra)
     _ext_adv.check_gamma_lam(mode, gamma, lam)
+    if reward_weights is not None and mode != "gdpo":
+        raise ValueError(f"reward_weights= is used only by mode='gdpo'; mode={mode!r} would ignore it")
     v.require_bool("handle_zero_tail", handle_zero_tail)
     if not handle_zero_tail and mode not in ("optimal_token_baseline", "tir_optimal_token_baseline"):
         raise ValueError(f"handle_zero_tail=False is used only by the optimal_token_baseline modes; mode={mode!r} "
                          "would ignore it")
     if norm_adv_by_std_in_grpo is not None:
         v.require_bool("norm_adv_by_std_in_grpo", norm_adv_by_std_in_grpo)
-        if mode not in ("grpo", "grpo_passk"):
-            raise ValueError(f"norm_adv_by_std_in_grpo is used only by mode='grpo' / 'grpo_passk'; mode={mode!r} "
-                             "would ignore it")
+        if mode not in ("grpo", "grpo_passk", "gdpo"):
+            raise ValueError(f"norm_adv_by_std_in_grpo is used only by mode='grpo' / 'grpo_passk' / 'gdpo'; "
+                             f"mode={mode!r} would ignore it")
         if scale_rewards != "group":
             raise ValueError("norm_adv_by_std_in_grpo and scale_rewards both set the std division; pass one of them")
         scale_rewards = "group" if norm_adv_by_std_in_grpo else "none"
@@ -98,12 +105,14 @@ def group_advantages(rewards, *, group_ids=None, group_size=None, mode="grpo", e
         c.nonneg("kl_coef", kl_coef)
     if mode in _ext_adv.MODES or (mode == "reinforce_pp" and gamma != 1.0):
         _ext_adv.check_inputs(mode, extra, mask, index)
-        if mode == "grpo_passk" and scale_rewards not in ("group", "none", True, False):
-            raise ValueError(f"mode='grpo_passk' takes scale_rewards 'group' or 'none', got {scale_rewards!r}")
+        if mode in ("grpo_passk", "gdpo") and scale_rewards not in ("group", "none", True, False):
+            raise ValueError(f"mode={mode!r} takes scale_rewards 'group' or 'none', got {scale_rewards!r}")
         scale = {True: "group", False: "none"}.get(scale_rewards, scale_rewards)
+        weights = _ext_adv.reward_weights_tensor(reward_weights, rewards.shape[1], rewards.device) \
+            if mode == "gdpo" else None
         return _ext_adv.advantages(mode, rewards, index, groups, mask, eps=eps, scale_rewards=scale,
                                    token_kl=token_kl, kl_coef=kl_coef, gamma=gamma, lam=lam, **extra,
-                                   handle_zero_tail=handle_zero_tail)
+                                   handle_zero_tail=handle_zero_tail, reward_weights=weights)
     if mode == "reinforce_pp":
         return _adv.reinforce_pp_advantages(rewards, mask, index=index, groups=groups, token_kl=token_kl,
                                             kl_coef=kl_coef, eps=eps)

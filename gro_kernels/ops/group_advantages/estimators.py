@@ -10,19 +10,21 @@ the group minimum (function._group_centered), so identical rewards give exact ze
 import torch
 
 from .function import _group_centered, _segment_sum, reinforce_pp_advantages, whiten_tokens
+from .function import group_advantages as _segmented
 
 _NEG_INF = float("-inf")
 
 # Modes on top of function.MODES. Sequence-level: grpo_passk, opo, gpg ([B]); token-level ([B, T], need mask=):
 # the rest. verl's adv_estimator names map onto gro's modes in VERL_ESTIMATORS.
 MODES = ("grpo_passk", "opo", "gpg", "reinforce_pp_baseline", "gae", "optimal_token_baseline",
-         "tir_optimal_token_baseline")
-TOKEN_MODES = ("reinforce_pp", "reinforce_pp_baseline", "gae", "optimal_token_baseline", "tir_optimal_token_baseline")
+         "tir_optimal_token_baseline", "gdpo")
+TOKEN_MODES = ("reinforce_pp", "reinforce_pp_baseline", "gae", "optimal_token_baseline", "tir_optimal_token_baseline",
+               "gdpo")
 VERL_ESTIMATORS = {"gae": "gae", "grpo": "grpo", "grpo_vectorized": "grpo", "reinforce_plus_plus": "reinforce_pp",
                    "reinforce_plus_plus_baseline": "reinforce_pp_baseline", "remax": "remax", "rloo": "rloo",
                    "rloo_vectorized": "rloo", "opo": "opo", "grpo_passk": "grpo_passk", "gpg": "gpg",
                    "optimal_token_baseline": "optimal_token_baseline",
-                   "tir_optimal_token_baseline": "tir_optimal_token_baseline"}
+                   "tir_optimal_token_baseline": "tir_optimal_token_baseline", "gdpo": "gdpo"}
 
 
 def _segment_extreme(values, index, groups, reduce, fill):
@@ -214,3 +216,14 @@ def normalize_rows(adv, rows, eps: float):
     """(A - mean) / (std + eps) over the rows marked in rows [B] bool (std unbiased; TRL RLOO's
     normalize_advantages), 0 on the others and when fewer than two rows are marked."""
     return whiten_tokens(adv.to(torch.float32).unsqueeze(1), rows.to(torch.bool).unsqueeze(1), eps).squeeze(1)
+
+
+def gdpo(rewards, mask, index, groups: int, *, weights=None, eps: float = 1e-6, scale_rewards: str = "group"):
+    """GDPO: each reward column [B, K] gets its own grpo advantage (group std, or none), the columns are summed with
+    weights [K] (default 1), and the sum, on every valid token, is whitened over the valid tokens."""
+    r = rewards.to(torch.float32)
+    w = torch.ones(r.shape[1], dtype=torch.float32, device=r.device) if weights is None else weights.to(torch.float32)
+    total = torch.zeros(r.shape[0], dtype=torch.float32, device=r.device)
+    for k in range(r.shape[1]):  # K reward components: a handful
+        total = total + w[k] * _segmented(r[:, k].contiguous(), index, groups, "grpo", eps=eps, scale_rewards=scale_rewards)
+    return reinforce_pp_advantages(total, mask, eps=eps)

@@ -239,3 +239,13 @@ def optimal_token_baseline_naive(rewards, mask, group_index, old_logprobs, sum_p
                     base = 0.0
                 out[i, it[0]] = it[1] - base
     return out
+
+
+def gdpo_naive(rewards, mask, group_index, *, weights=None, eps=1e-6, scale_rewards="group"):
+    """sum_k w_k grpo(r[:, k]) (a group of one: 0), on every valid token, whitened over the valid tokens."""
+    r = rewards.double().cpu()
+    w = torch.ones(r.shape[1], dtype=torch.float64) if weights is None else weights.double().cpu()
+    total = sum(w[k] * group_advantages_naive(r[:, k], group_index, "grpo", eps=eps, scale_rewards=scale_rewards)
+                for k in range(r.shape[1]))
+    m = mask.bool().cpu()
+    return _whiten_naive(total.unsqueeze(1).expand(m.shape).clone(), m, eps)

@@ -410,3 +410,47 @@ def test_segmented_ops_equal_naive_on_many_random_groups():
     close(E.gpg(r.float(), idx, G), N.gpg_naive(r, idx))
     lengths = torch.randint(0, 9, (64,), generator=g)
     close(E.opo(r.float(), idx, G, lengths), N.opo_naive(r, idx, lengths))
+
+
+def verl_gdpo(rewards, index, m, weights, norm, eps=1e-6):
+    """core_algos.compute_gdpo_outcome_advantage: compute_grpo_outcome_advantage of each reward column (score on
+    the last valid token), weighted sum, masked_whiten(.) * response_mask."""
+    total = torch.zeros(m.shape, dtype=torch.float64)
+    for k in range(rewards.shape[1]):
+        adv = torch.zeros(rewards.shape[0], dtype=torch.float64)
+        for rows in _by_group(index).values():
+            vals = rewards[rows, k]
+            mean, std = (vals.mean(), vals.std()) if len(rows) > 1 else (0.0, 1.0)
+            adv[rows] = (vals - mean) / (std + eps) if norm else vals - mean
+        total = total + weights[k] * adv.unsqueeze(1) * m
+    return _verl_whiten(total, m) * m
+
+
+@pytest.mark.parametrize("norm", [True, False])
+def test_gdpo_matches_spec_and_verl(norm):
+    r, mask, *_ = make(12)
+    g = torch.Generator().manual_seed(12)
+    rk = torch.stack([r, torch.randint(0, 2, (B,), generator=g).double(), 3 * torch.randn(B, generator=g,
+                                                                                       dtype=torch.float64)], 1)
+    weights = torch.tensor([1.0, 0.5, 2.0])
+    ours = gro_kernels.group_advantages(rk.float(), group_ids=GROUPS, mode="gdpo", mask=mask,
+                                        reward_weights=[1.0, 0.5, 2.0], norm_adv_by_std_in_grpo=norm)
+    spec = N.gdpo_naive(rk, mask, GROUPS, weights=weights, scale_rewards="group" if norm else "none")
+    close(ours, spec)
+    keep = multi_row(GROUPS)
+    ref = verl_gdpo(rk[keep], GROUPS[keep], mask[keep], weights.double(), norm)
+    close(N.gdpo_naive(rk[keep], mask[keep], GROUPS[keep], weights=weights, scale_rewards="group" if norm else "none"),
+          ref, atol=1e-5, rtol=1e-5)
+
+
+def test_gdpo_bad_inputs():
+    m = torch.ones(4, 3, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"mode='gdpo' needs rewards as a 2-D floating tensor \[B, K\]"):
+        gro_kernels.group_advantages(torch.randn(4), group_size=2, mode="gdpo", mask=m)
+    with pytest.raises(ValueError, match=r"reward_weights must be 2 finite numbers"):
+        gro_kernels.group_advantages(torch.randn(4, 2), group_size=2, mode="gdpo", mask=m, reward_weights=[1.0])
+    with pytest.raises(ValueError, match=r"reward_weights= is used only by mode='gdpo'"):
+        gro_kernels.group_advantages(torch.randn(4), group_size=2, reward_weights=[1.0])
+    with pytest.raises(ValueError, match=r"adv_estimator='gdpo' needs several reward columns"):
+        gro_kernels.gro_loss(torch.randn(4, 3, 8), torch.randn(5, 8), torch.zeros(4, 3, dtype=torch.long),
+                             adv_estimator="gdpo", rewards=torch.randn(4), group_size=2)
