@@ -193,22 +193,25 @@ def optimal_token_baseline(rewards, mask, index, groups: int, old_logprobs, sum_
     tir_optimal_token_baseline (aligned=True: the k-th valid token of each row with the k-th of the others,
     rows without valid tokens left out of their group). Returns G_t - B_t [B, T], not whitened."""
     m = mask.to(torch.bool)
-    returns = discounted_returns(token_rewards(rewards, m, token_kl, kl_coef), m, 1.0)
+    x = torch.where(m, token_rewards(rewards, m, token_kl, kl_coef), 0.0)
+    returns = x.flip(1).cumsum(1).flip(1)  # undiscounted: a reverse cumsum (read on valid tokens only)
     weights = path_weights(old_logprobs, sum_pi_squared, m, rollout_is_weights)
     if not aligned:
         return _otb(returns, weights, m, index, groups, torch.ones_like(m[:, 0]), eps=eps,
                     handle_zero_tail=handle_zero_tail)
     lengths = m.sum(1)
     width = int(lengths.max()) if lengths.numel() else 0
-    pos = (m.cumsum(1) - 1).clamp(min=0)
-    row = torch.arange(m.shape[0], device=m.device).unsqueeze(1).expand_as(m)
-    packed = lambda t: torch.zeros(m.shape[0], width, dtype=t.dtype, device=m.device).index_put_(  # noqa: E731
-        (row[m], pos[m]), t[m])
+    row, col = m.nonzero(as_tuple=True)  # once: the valid cells, row-major
+    pos = (m.cumsum(1) - 1)[row, col]    # k: the k-th valid token of its row
+
+    def packed(t):
+        return torch.zeros(m.shape[0], width, dtype=t.dtype, device=m.device).index_put_((row, pos), t[row, col])
+
     packed_mask = torch.arange(width, device=m.device).unsqueeze(0) < lengths.unsqueeze(1)
     adv = _otb(packed(returns), packed(weights), packed_mask, index, groups, lengths > 0, eps=eps,
                handle_zero_tail=handle_zero_tail)
     out = torch.zeros(m.shape, dtype=torch.float32, device=m.device)
-    out[m] = adv[row[m], pos[m]]
+    out[row, col] = adv[row, pos]
     return out
 
 
