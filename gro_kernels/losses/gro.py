@@ -225,6 +225,11 @@ def gro_loss(hidden, weight, targets, bias=None, *, preset=None, config=None, ma
     label_smoothing, simpo_gamma, cpl_lambda, desirable_weight, undesirable_weight, online_weight,
     offline_weight, grad_in_forward (default on for token-separable presets; False for sharded heads),
     return_entropy, temperature, ignore_index, backend, chunk_size.
+    Advantages from rewards: eps (the std's, default the preset's advantage_eps: 1e-4 in the TRL presets,
+    1e-6 otherwise); verl's adv_estimator (grpo, rloo(_vectorized), reinforce_plus_plus(_baseline), remax,
+    gae, opo, grpo_passk, gpg, (tir_)optimal_token_baseline) and norm_adv_by_std_in_grpo; gamma, lam;
+    values [B, T] (gae), sum_pi_squared and rollout_is_weights [B, T] (optimal-token baselines, with
+    old_logprobs), handle_zero_tail; normalize_advantages (TRL RLOO); group_ids may be uid strings.
     Vocabulary-parallel head: process_group=pg, vocab_start=s with weight (and ref_weight) the rows
     [s, s + V_r) of the head on this rank, everything else replicated (see linear_logprobs); the loss is
     the full-vocabulary one on every rank, and grad_in_forward stays off.
