@@ -207,8 +207,9 @@ def gro_loss(hidden, weight, targets, bias=None, *, preset=None, config=None, ma
     """Hidden states [B, T, H] (or packed [N_total, H] with cu_seqlens) -> scalar GRO loss, never materializing
     [B*T, V] logits.
 
-    preset: grpo (the default), bnpo, dr_grpo, dapo, rloo, remax, reinforce_pp, ppo, gspo, cispo, dpo,
-    ipo, simpo, kto, cpl; or config=GROObjective(...), not both (score/anchor/magnitude, surrogate, KL,
+    preset: grpo (the default), bnpo, dr_grpo, dapo, rloo, remax, reinforce_pp, ppo, gspo, cispo, trl_rloo,
+    verl's grpo_passk, opo, gpg, reinforce_pp_baseline, gae, optimal_token_baseline, tir_optimal_token_baseline,
+    dpo, ipo, simpo, kto, cpl; or config=GROObjective(...), not both (score/anchor/magnitude, surrogate, KL,
     entropy, aggregation; rows="mixed" for batches with online and offline rows, told apart by online= [B] bool).
     Inputs (keyword): mask [B, T]; advantages [B] or [B, T], or rewards [B] with group_ids /
     group_size (baseline [B] for remax); old_logprobs, ref_logprobs, rollout_logprobs [B, T]; or
