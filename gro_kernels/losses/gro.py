@@ -83,6 +83,10 @@ def _token_config(cfg) -> TokenLossConfig:
 def _advantages(cfg, inputs, batch, shape, online, m_on, ref, current_lp):
     """Per-row [B] or per-token [B, T] fp32 advantages of the online rows (0 on offline rows)."""
     if inputs["advantages"] is not None:
+        unused = [n + "=" for n in _ext_adv.USERS if n != "old_logprobs" and inputs[n] is not None]
+        if unused:
+            raise ValueError(f"{', '.join(unused)} feed the advantage estimator, but advantages= are given and used "
+                             "as they are; pass rewards= instead, or drop them")
         adv = inputs["advantages"].to(torch.float32)
         c.no_nan_rows("advantages", adv, online)
         return torch.where(online if adv.dim() == 1 else m_on, adv, 0.0)

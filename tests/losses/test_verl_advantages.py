@@ -214,6 +214,9 @@ BAD = [
     ("normalize_advantages for gae", dict(preset="gae", normalize_advantages=True), ValueError,
      r"normalize_advantages whitens sequence advantages"),
     ("advantage_eps=0", dict(advantage_eps=0.0), ValueError, r"advantage_eps must be finite and > 0"),
+    ("values with advantages", dict(preset="gae", rewards=None, group_ids=None, advantages=torch.zeros(B),
+                                    values=torch.zeros(B, T)), ValueError,
+     r"values= feed the advantage estimator, but advantages= are given"),
 ]
 
 
@@ -223,8 +226,9 @@ def test_bad_advantage_options_raise_naming_them(what, kw, err, match):
     hidden, weight, targets, mask, e = batch
     args = dict(rewards=e["rewards"].float(), group_ids=GROUP_IDS, old_logprobs=e["old"].float())
     args.update(kw)
-    if args.get("group_ids", 0) is None:
-        del args["group_ids"]
+    for name in ("group_ids", "rewards"):
+        if name in args and args[name] is None:
+            del args[name]
     with pytest.raises(err, match=match):
         gro_kernels.gro_loss(hidden.float(), weight.float(), targets, mask=mask, **args)
 
