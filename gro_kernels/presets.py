@@ -18,7 +18,8 @@ ADVANTAGE_MODES = {("group_mean", "std"): ("grpo", "group"), ("group_mean", "bat
                    ("greedy", "identity"): ("remax", "none"), ("batch_mean", "whiten"): ("reinforce_pp", "none"),
                    ("none", "identity"): ("none", "none"),
                    # verl's further estimators (ops/group_advantages/estimators.py)
-                   ("best_of_group", "std"): ("grpo_passk", "group"), ("best_of_group", "identity"): ("grpo_passk", "none"),
+                   ("best_of_group", "std"): ("grpo_passk", "group"),
+                   ("best_of_group", "identity"): ("grpo_passk", "none"),
                    ("length_weighted_mean", "identity"): ("opo", "none"),
                    ("group_mean", "nonzero_share"): ("gpg", "none"),
                    ("group_mean_score", "whiten"): ("reinforce_pp_baseline", "none"),

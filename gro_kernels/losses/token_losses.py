@@ -94,7 +94,8 @@ def group_advantages(rewards, *, group_ids=None, group_size=None, mode="grpo", e
     index, groups = c.group_index(batch, group_ids, group_size, rewards.device)
     if mode in _ext_adv.TOKEN_MODES or mode == "opo":
         if mask is None:
-            does = "whitens over tokens" if mode in ("reinforce_pp", "reinforce_pp_baseline", "gae") else "works on tokens"
+            whitens = mode in ("reinforce_pp", "reinforce_pp_baseline", "gae")
+            does = "whitens over tokens" if whitens else "works on tokens"
             raise ValueError(f"mode={mode!r} {does} and needs mask= [B, T]")
         v.require_tensor("mask", mask)
         if mask.dim() != 2 or mask.shape[0] != batch:

@@ -228,5 +228,6 @@ def gdpo(rewards, mask, index, groups: int, *, weights=None, eps: float = 1e-6, 
     w = torch.ones(r.shape[1], dtype=torch.float32, device=r.device) if weights is None else weights.to(torch.float32)
     total = torch.zeros(r.shape[0], dtype=torch.float32, device=r.device)
     for k in range(r.shape[1]):  # K reward components: a handful
-        total = total + w[k] * _segmented(r[:, k].contiguous(), index, groups, "grpo", eps=eps, scale_rewards=scale_rewards)
+        column = _segmented(r[:, k].contiguous(), index, groups, "grpo", eps=eps, scale_rewards=scale_rewards)
+        total = total + w[k] * column
     return reinforce_pp_advantages(total, mask, eps=eps)
