@@ -16,7 +16,16 @@ from typing import Optional
 ADVANTAGE_MODES = {("group_mean", "std"): ("grpo", "group"), ("group_mean", "batch_std"): ("grpo", "batch"),
                    ("group_mean", "identity"): ("dr_grpo", "none"), ("leave_one_out", "identity"): ("rloo", "none"),
                    ("greedy", "identity"): ("remax", "none"), ("batch_mean", "whiten"): ("reinforce_pp", "none"),
-                   ("none", "identity"): ("none", "none")}
+                   ("none", "identity"): ("none", "none"),
+                   # verl's further estimators (ops/group_advantages/estimators.py)
+                   ("best_of_group", "std"): ("grpo_passk", "group"),
+                   ("best_of_group", "identity"): ("grpo_passk", "none"),
+                   ("length_weighted_mean", "identity"): ("opo", "none"),
+                   ("group_mean", "nonzero_share"): ("gpg", "none"),
+                   ("group_mean_score", "whiten"): ("reinforce_pp_baseline", "none"),
+                   ("value", "whiten"): ("gae", "none"), ("none", "whiten"): ("reinforce_pp", "none"),
+                   ("optimal_token", "identity"): ("optimal_token_baseline", "none"),
+                   ("optimal_token_aligned", "identity"): ("tir_optimal_token_baseline", "none")}
 # Surrogates whose per-token weight reads the whole sequence of current logprobs (plain path only).
 SEQUENCE_SURROGATES = ("vespo", "geo_mean", "clip_cov", "kl_cov")
 OFFLINE_LOSSES = {("implicit", "pair", "sigmoid"): "dpo", ("implicit", "pair", "squared"): "ipo",
@@ -67,6 +76,11 @@ class GROObjective:
     clip_cov_ub: float = 5.0
     kl_cov_ratio: float = 2e-4
     ppo_kl_coef: float = 0.1
+    gamma: float = 1.0                      # discount of token-level returns (reinforce_pp, gae)
+    lam: float = 1.0                        # GAE lambda
+    handle_zero_tail: bool = True           # optimal_token_baseline: no baseline past the second-longest row
+    advantage_eps: float = 1e-6             # eps of std divisions (TRL's presets: 1e-4); eps= overrides it
+    normalize_advantages: bool = False      # TRL RLOO: whiten the sequence advantages over the batch
     # offline rows
     offline_score: str = "implicit"
     offline_anchor: str = "pair"
@@ -126,7 +140,8 @@ class GROObjective:
                 and self.top_entropy_quantile >= 1.0 and self.off_policy_mask_threshold is None)
 
 
-_GRPO = GROObjective(name="grpo")
+_GRPO = GROObjective(name="grpo", advantage_eps=1e-4)  # TRL's GRPOTrainer / RLOOTrainer: std + 1e-4
+_VERL_EPS = dict(advantage_eps=1e-6)                    # verl's estimators (and OpenRLHF's REINFORCE++): 1e-6
 PRESETS = {
     "grpo": _GRPO,
     "bnpo": dataclasses.replace(_GRPO, name="bnpo", aggregation="token_mean"),
@@ -149,12 +164,34 @@ PRESETS = {
                                  kl_ratio_weighted=True),
     "luspo": dataclasses.replace(_GRPO, name="luspo", aggregation="seq_mean_token_sum", kl_ratio_weighted=True),
     # verl policy_loss.loss_mode (verl defaults: clip_ratio 0.2, token-mean)
-    "gpg": dataclasses.replace(_GRPO, name="gpg", surrogate="reinforce", aggregation="token_mean"),
+    # GPG in verl is both an estimator (adv_estimator=gpg) and a policy loss (loss_mode=gpg, no ratio): one preset
+    "gpg": dataclasses.replace(_GRPO, name="gpg", surrogate="reinforce", magnitude="nonzero_share",
+                               aggregation="token_mean", advantage_eps=1e-6),
     "dppo_tv": dataclasses.replace(_GRPO, name="dppo_tv", surrogate="dppo_tv", aggregation="token_mean"),
     "dppo_kl": dataclasses.replace(_GRPO, name="dppo_kl", surrogate="dppo_kl", aggregation="token_mean"),
     "geo_mean": dataclasses.replace(_GRPO, name="geo_mean", surrogate="geo_mean"),
     "clip_cov": dataclasses.replace(_GRPO, name="clip_cov", surrogate="clip_cov", aggregation="token_mean"),
     "kl_cov": dataclasses.replace(_GRPO, name="kl_cov", surrogate="kl_cov", aggregation="token_mean"),
+    # TRL's RLOOTrainer: beta 0.05 as k1 summed into the reward, exp(sum_t l - l_old) clipped per sequence, the mean
+    # over sequences (seq_mean_token_mean of a per-sequence term), normalize_advantages off by default
+    "trl_rloo": dataclasses.replace(_GRPO, name="trl_rloo", anchor="leave_one_out", magnitude="identity",
+                                    importance_sampling_level="sequence_sum", kl_coef=0.05, kl_in_reward=True,
+                                    kl_estimator="k1"),
+    # verl adv_estimator names (docs/math.md §2), on verl's default loss_agg_mode token-mean
+    "grpo_passk": dataclasses.replace(_GRPO, name="grpo_passk", anchor="best_of_group", aggregation="token_mean",
+                                      **_VERL_EPS),
+    "opo": dataclasses.replace(_GRPO, name="opo", anchor="length_weighted_mean", magnitude="identity",
+                               aggregation="token_mean", **_VERL_EPS),
+    "reinforce_pp_baseline": dataclasses.replace(_GRPO, name="reinforce_pp_baseline", anchor="group_mean_score",
+                                                 magnitude="whiten", aggregation="token_mean", kl_in_reward=True,
+                                                 kl_estimator="k1", **_VERL_EPS),
+    "gae": dataclasses.replace(_GRPO, name="gae", anchor="value", magnitude="whiten", aggregation="token_mean",
+                               **_VERL_EPS),
+    "optimal_token_baseline": dataclasses.replace(_GRPO, name="optimal_token_baseline", anchor="optimal_token",
+                                                  magnitude="identity", aggregation="token_mean", **_VERL_EPS),
+    "tir_optimal_token_baseline": dataclasses.replace(_GRPO, name="tir_optimal_token_baseline",
+                                                      anchor="optimal_token_aligned", magnitude="identity",
+                                                      aggregation="token_mean", **_VERL_EPS),
     "dpo": GROObjective(name="dpo", rows="offline"),
     "ipo": GROObjective(name="ipo", rows="offline", offline_phi="squared"),
     "simpo": GROObjective(name="simpo", rows="offline", offline_score="length_normalized", preference_beta=2.0),
@@ -174,6 +211,10 @@ for _name, _loss in _TRL_DPO.items():
 PRESETS["apo_zero_unpaired"] = GROObjective(name="apo_zero_unpaired", rows="offline",
                                             offline_loss_type="apo_zero_unpaired")
 PRESETS["cpo"] = GROObjective(name="cpo", rows="offline", offline_loss_type="cpo", cpo_alpha=1.0)
+
+# ReMax, REINFORCE++ and PPO follow verl / OpenRLHF, not TRL: their eps stays 1e-6.
+for _name in ("remax", "reinforce_pp", "ppo"):
+    PRESETS[_name] = dataclasses.replace(PRESETS[_name], **_VERL_EPS)
 
 
 def get_preset(name: str) -> GROObjective:

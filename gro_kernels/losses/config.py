@@ -5,6 +5,7 @@ check_aggregation_counts); and the per-batch input checks that depend on the con
 import dataclasses
 import math
 
+from . import advantages as _ext_adv
 from . import checks as c
 from . import policy_options as pol
 from .. import _validate as v
@@ -20,7 +21,17 @@ TRL_LOSS_TYPES = {"grpo": "seq_mean_token_mean", "bnpo": "token_mean", "dapo": "
 SCALE_REWARDS = {"group": "std", "batch": "batch_std", "none": "identity"}
 ROWS = ("online", "offline", "mixed")
 _FIELDS = {f.name for f in dataclasses.fields(GROObjective)} - {"name"}
-_ALIASES = ("beta", "epsilon", "loss_type", "scale_rewards")
+_ALIASES = ("beta", "epsilon", "loss_type", "scale_rewards", "adv_estimator", "norm_adv_by_std_in_grpo")
+# verl's algorithm.adv_estimator -> GROObjective (anchor, magnitude). reinforce_plus_plus has no baseline at all
+# (anchor "none"); gro's reinforce_pp preset (anchor "batch_mean") subtracts the group mean when groups are given.
+VERL_ADV_ESTIMATORS = {"gae": ("value", "whiten"), "grpo": ("group_mean", "std"),
+                       "grpo_vectorized": ("group_mean", "std"), "reinforce_plus_plus": ("none", "whiten"),
+                       "reinforce_plus_plus_baseline": ("group_mean_score", "whiten"),
+                       "remax": ("greedy", "identity"), "rloo": ("leave_one_out", "identity"),
+                       "rloo_vectorized": ("leave_one_out", "identity"), "opo": ("length_weighted_mean", "identity"),
+                       "grpo_passk": ("best_of_group", "std"), "gpg": ("group_mean", "nonzero_share"),
+                       "optimal_token_baseline": ("optimal_token", "identity"),
+                       "tir_optimal_token_baseline": ("optimal_token_aligned", "identity")}
 PREFERENCE_OPTIONS = tuple(f.name for f in dataclasses.fields(PreferenceConfig) if f.name not in ("loss", "beta"))
 COUNT_OPTIONS = ("global_token_count", "max_completion_length", "num_sequences")
 
@@ -130,7 +141,35 @@ def _alias_overrides(base: GROObjective, overrides: dict) -> dict:
         if base.anchor != "group_mean":
             raise ValueError(f"scale_rewards applies to group-mean presets, not {base.name!r}")
         out.setdefault("magnitude", SCALE_REWARDS[scale])
+    _verl_advantage_overrides(base, overrides, out)
     return out
+
+
+def _verl_advantage_overrides(base: GROObjective, overrides: dict, out: dict):
+    """verl's adv_estimator (-> anchor, magnitude) and norm_adv_by_std_in_grpo (std or not)."""
+    estimator, norm = overrides.get("adv_estimator"), overrides.get("norm_adv_by_std_in_grpo")
+    for alias, value in (("adv_estimator", estimator), ("norm_adv_by_std_in_grpo", norm)):
+        taken = [f for f in ("anchor", "magnitude", "scale_rewards") if overrides.get(f) is not None]
+        if value is not None and taken and not (alias == "norm_adv_by_std_in_grpo" and taken == ["anchor"]):
+            raise ValueError(f"{alias}={value!r} and {taken[0]}={overrides[taken[0]]!r} both set the advantage "
+                             "estimator; pass one of them")
+    if estimator is not None:
+        if estimator == "gdpo":
+            raise ValueError("adv_estimator='gdpo' needs several reward columns per row, which rewards= [B] cannot "
+                             "carry: pass advantages=group_advantages(rewards [B, K], mode='gdpo', mask=..., "
+                             "group_ids=...)")
+        if estimator not in VERL_ADV_ESTIMATORS:
+            raise ValueError(f"adv_estimator must be one of verl's {sorted(VERL_ADV_ESTIMATORS)}, got {estimator!r}")
+        out["anchor"], out["magnitude"] = VERL_ADV_ESTIMATORS[estimator]
+    if norm is not None:
+        if not isinstance(norm, bool):
+            raise TypeError(f"norm_adv_by_std_in_grpo must be a bool, got {type(norm).__name__} {norm!r}")
+        anchor = out.get("anchor", base.anchor)
+        if anchor not in ("group_mean", "best_of_group") or out.get("magnitude", base.magnitude) not in ("std",
+                                                                                                    "identity"):
+            raise ValueError(f"norm_adv_by_std_in_grpo applies to grpo / grpo_passk advantages, not anchor "
+                             f"{anchor!r} (preset {base.name!r})")
+        out["magnitude"] = "std" if norm else "identity"
 
 
 def resolve_config(preset, config, overrides: dict) -> GROObjective:
@@ -169,7 +208,14 @@ def _check_config(cfg: GROObjective):
                                         kl_estimator=estimator, entropy_coef=cfg.entropy_coef, tis_cap=cfg.tis_cap))
     pol.check_policy_options(cfg)
     if cfg.has_online:
-        cfg.advantage_mode  # noqa: B018 - raises on an unsupported anchor/magnitude pair
+        mode = cfg.advantage_mode[0]  # raises on an unsupported anchor/magnitude pair
+        _ext_adv.check_gamma_lam(mode, cfg.gamma, cfg.lam, who="advantage mode")
+        v.require_bool("handle_zero_tail", cfg.handle_zero_tail)
+        v.require_bool("normalize_advantages", cfg.normalize_advantages)
+        if cfg.normalize_advantages and mode in _ext_adv.TOKEN_MODES:
+            raise ValueError(f"normalize_advantages whitens sequence advantages; advantage mode {mode!r} is "
+                             "token-level and already whitened (or, for optimal_token_baseline, never is)")
+    v.require_positive_finite("advantage_eps", cfg.advantage_eps)
     if cfg.has_offline:
         check_preference_options(objective_preference_config(cfg), names={"beta": "preference_beta (beta)",
                                                                           "loss": "offline_loss_type (loss_type)"})
@@ -199,8 +245,11 @@ def check_batch_inputs(cfg: GROObjective, inputs: dict, batch: int, shape, devic
     for name in ("old_logprobs", "ref_logprobs", "rollout_logprobs"):
         c.token_tensor(name, inputs[name], shape, device=device)
     c.ref_hidden_tensor(inputs["ref_hidden"], shape)
+    for name in ("values", "sum_pi_squared", "rollout_is_weights"):
+        c.token_tensor(name, inputs[name], shape, device=device)
     check_aggregation_counts(inputs)
-    v.require_positive_finite("eps", inputs["eps"])
+    if inputs["eps"] is not None:
+        v.require_positive_finite("eps", inputs["eps"])
     if cfg.has_online and cfg.tis_cap is not None and inputs["rollout_logprobs"] is None:
         raise ValueError("tis_cap (truncated importance sampling) needs rollout_logprobs=")
     if cfg.has_online and cfg.rollout_is_mode is not None:

@@ -13,6 +13,7 @@ import torch
 
 from .. import _validate as v
 from .. import functional as F
+from . import advantages as _ext_adv
 from . import checks as c
 from . import layout as _layout
 from . import wpo as _wpo
@@ -92,11 +93,18 @@ def _token_config(cfg) -> TokenLossConfig:
 def _advantages(cfg, inputs, batch, shape, online, m_on, ref, current_lp):
     """Per-row [B] or per-token [B, T] fp32 advantages of the online rows (0 on offline rows)."""
     if inputs["advantages"] is not None:
+        unused = [n + "=" for n in _ext_adv.USERS if n != "old_logprobs" and inputs[n] is not None]
+        if unused:
+            raise ValueError(f"{', '.join(unused)} feed the advantage estimator, but advantages= are given and used "
+                             "as they are; pass rewards= instead, or drop them")
         adv = inputs["advantages"].to(torch.float32)
         c.no_nan_rows("advantages", adv, online)
         return torch.where(online if adv.dim() == 1 else m_on, adv, 0.0)
     rewards = inputs["rewards"]
     mode, scale_rewards = cfg.advantage_mode
+    eps = cfg.advantage_eps if inputs["eps"] is None else inputs["eps"]
+    extra = {name: inputs[name] for name in _ext_adv.USERS if name != "old_logprobs"}
+    _ext_adv.reject_unused(mode, extra, who=f"preset {cfg.name!r} with advantage mode")
     if rewards is None:
         raise ValueError(f"preset {cfg.name!r} needs advantages= or rewards= for its online rows")
     c.no_nan_rows("rewards", rewards, online)
@@ -112,15 +120,31 @@ def _advantages(cfg, inputs, batch, shape, online, m_on, ref, current_lp):
         if inputs["baseline"] is None:
             raise ValueError(f"preset {cfg.name!r} (remax) needs baseline= (the greedy answer's reward per row)")
         c.no_nan_rows("baseline", inputs["baseline"], online)
+    if mode == "reinforce_pp" and cfg.anchor == "none" and index is not None:
+        raise ValueError(f"config {cfg.name!r} (anchor 'none': verl's reinforce_plus_plus) has no group baseline "
+                         "and would ignore group_ids= / group_size=; use preset 'reinforce_pp' for the group mean")
+    token_kl = None
+    if cfg.kl_in_reward and cfg.kl_coef != 0.0:
+        old = inputs["old_logprobs"] if inputs["old_logprobs"] is not None else current_lp
+        token_kl = old.float() - ref.float()
+        if mode not in _ext_adv.KL_MODES:  # sequence-level modes: r - kl_coef * sum_t k1 (TRL RLOO, verl)
+            rewards = torch.where(online, _ext_adv.sequence_scores(rewards, m_on, token_kl, cfg.kl_coef), 0.0)
+    if mode in _ext_adv.MODES or (mode == "reinforce_pp" and cfg.gamma != 1.0):
+        given = dict(extra, old_logprobs=inputs["old_logprobs"])
+        _ext_adv.check_inputs(mode, given, m_on, index, who=f"preset {cfg.name!r} with advantage mode")
+        adv = _ext_adv.advantages(mode, rewards, index, groups, m_on, eps=eps, scale_rewards=scale_rewards,
+                                  token_kl=token_kl, kl_coef=cfg.kl_coef, gamma=cfg.gamma, lam=cfg.lam,
+                                  handle_zero_tail=cfg.handle_zero_tail, **given)
+        if cfg.normalize_advantages and adv.dim() == 1:
+            adv = _ext_adv.normalize(adv, online, eps)
+        return torch.where(online if adv.dim() == 1 else m_on, adv, 0.0)
     if mode == "reinforce_pp":
-        token_kl = None
-        if cfg.kl_in_reward and cfg.kl_coef != 0.0:
-            old = inputs["old_logprobs"] if inputs["old_logprobs"] is not None else current_lp
-            token_kl = old.float() - ref.float()
         return _adv.reinforce_pp_advantages(rewards, m_on, index=index, groups=groups, token_kl=token_kl,
-                                            kl_coef=cfg.kl_coef, eps=inputs["eps"])
-    adv = _adv.group_advantages(rewards, index, groups, mode, eps=inputs["eps"], baseline=inputs["baseline"],
+                                            kl_coef=cfg.kl_coef, eps=eps)
+    adv = _adv.group_advantages(rewards, index, groups, mode, eps=eps, baseline=inputs["baseline"],
                                 scale_rewards=scale_rewards)
+    if cfg.normalize_advantages:
+        adv = _ext_adv.normalize(adv, online, eps)
     return torch.where(online, adv, 0.0)
 
 
@@ -166,9 +190,8 @@ def _use_fused(cfg, grad_in_forward, inputs, opts, hidden_size):
         return False
     if F.selected_backend(inputs["device"], opts["backend"], hidden_size=hidden_size).split("/")[0] != "chunked":
         return False
-    mode = cfg.advantage_mode[0] if inputs["advantages"] is None else "given"
-    # REINFORCE++ shapes its return with the current policy's k1 when old logprobs are absent.
-    if mode == "reinforce_pp" and cfg.kl_in_reward and cfg.kl_coef != 0.0 and inputs["old_logprobs"] is None:
+    # KL in the reward (REINFORCE++, TRL RLOO) shapes it with the current policy's k1 when old logprobs are absent.
+    if inputs["advantages"] is None and cfg.kl_in_reward and cfg.kl_coef != 0.0 and inputs["old_logprobs"] is None:
         return False
     return _fused_module() is not None
 
@@ -204,8 +227,10 @@ def gro_loss(hidden, weight, targets, bias=None, *, preset=None, config=None, ma
     """Hidden states [B, T, H] (or packed [N_total, H] with cu_seqlens) -> scalar GRO loss, never materializing
     [B*T, V] logits.
 
-    preset: grpo (the default), bnpo, dr_grpo, dapo, rloo, remax, reinforce_pp, ppo, gspo, cispo, sapo, vespo,
-    luspo, gpg, dppo_tv, dppo_kl, geo_mean, clip_cov, kl_cov, dpo, ipo, simpo, kto, cpl;
+    preset: grpo (the default), bnpo, dr_grpo, dapo, rloo, remax, reinforce_pp, ppo, gspo, cispo, trl_rloo;
+    TRL's sapo, vespo, luspo; verl's policy losses gpg, dppo_tv, dppo_kl, geo_mean, clip_cov, kl_cov and
+    estimators grpo_passk, opo, reinforce_pp_baseline, gae, optimal_token_baseline, tir_optimal_token_baseline;
+    dpo, ipo, simpo, kto, cpl and TRL's other DPO/KTO/CPO loss types (gro_kernels.PRESETS lists them all);
     or config=GROObjective(...), not both (score/anchor/magnitude, surrogate, KL, entropy, aggregation;
     rows="mixed" for batches with online and offline rows, told apart by online= [B] bool).
     Inputs (keyword): mask [B, T]; advantages [B] or [B, T], or rewards [B] with group_ids /
@@ -227,6 +252,11 @@ def gro_loss(hidden, weight, targets, bias=None, *, preset=None, config=None, ma
     return_entropy, temperature, ignore_index, backend, chunk_size; the TRL GRPOConfig / verl policy names
     (loss_type="sapo", loss_mode=, loss_agg_mode=, kl_loss_type=, use_bias_correction_kl, delta,
     top_entropy_quantile, vllm_importance_sampling_mode, ...): docs/peer_names.md.
+    Advantages from rewards: eps (the std's, default the preset's advantage_eps: 1e-4 in the TRL presets,
+    1e-6 otherwise); verl's adv_estimator (grpo, rloo(_vectorized), reinforce_plus_plus(_baseline), remax,
+    gae, opo, grpo_passk, gpg, (tir_)optimal_token_baseline) and norm_adv_by_std_in_grpo; gamma, lam;
+    values [B, T] (gae), sum_pi_squared and rollout_is_weights [B, T] (optimal-token baselines, with
+    old_logprobs), handle_zero_tail; normalize_advantages (TRL RLOO); group_ids may be uid strings.
     Vocabulary-parallel head: process_group=pg, vocab_start=s with weight (and ref_weight) the rows
     [s, s + V_r) of the head on this rank, everything else replicated (see linear_logprobs); the loss is
     the full-vocabulary one on every rank, and grad_in_forward stays off.
@@ -322,7 +352,8 @@ def _batch_layout(hidden, targets, cu_seqlens):
     return _layout.padded(*targets.shape)
 
 
-GRID_INPUTS = ("old_logprobs", "ref_logprobs", "rollout_logprobs", "log_sum_sq_probs")
+GRID_INPUTS = ("old_logprobs", "ref_logprobs", "rollout_logprobs", "log_sum_sq_probs", "values", "sum_pi_squared",
+               "rollout_is_weights")
 
 
 def _token_inputs_to_grid(inputs, layout):
@@ -403,11 +434,9 @@ def _require_rows_match(cfg, online):
 INPUT_NAMES = ("advantages", "rewards", "group_ids", "group_size", "baseline", "eps", "old_logprobs",
                "ref_logprobs", "rollout_logprobs", "ref_hidden", "ref_weight", "ref_bias", "pair_ids", "chosen",
                "desirable", "kto_z0", "global_token_count", "max_completion_length", "num_sequences",
-               "log_sum_sq_probs", "kl_logps", "ref_kl_logps")
+               "log_sum_sq_probs", "kl_logps", "ref_kl_logps", "values", "sum_pi_squared", "rollout_is_weights")
 
 
 def _split_kwargs(kwargs):
-    inputs = {name: kwargs.pop(name, None) for name in INPUT_NAMES}
-    if inputs["eps"] is None:
-        inputs["eps"] = 1e-6
+    inputs = {name: kwargs.pop(name, None) for name in INPUT_NAMES}  # eps None: the config's advantage_eps
     return inputs, kwargs

@@ -7,6 +7,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from .. import _validate as v
+from . import advantages as _ext_adv
 from . import checks as c
 from . import policy_options as _po
 from .config import TRL_LOSS_TYPES, check_aggregation_counts, check_token_options, preference_config
@@ -17,7 +18,7 @@ from ..ops.policy_loss import function as _pl
 from ..ops.policy_loss.token_terms import TokenLossConfig
 from ..ops.preference_loss import function as _pref
 
-ADVANTAGE_MODES = _adv.MODES
+ADVANTAGE_MODES = _adv.MODES + _ext_adv.MODES
 
 
 class LossOutput(NamedTuple):
@@ -29,32 +30,76 @@ class LossOutput(NamedTuple):
 
 
 def group_advantages(rewards, *, group_ids=None, group_size=None, mode="grpo", eps=1e-6, baseline=None, mask=None,
-                     scale_rewards="group", token_kl=None, kl_coef=0.0):
+                     scale_rewards="group", token_kl=None, kl_coef=0.0, gamma=1.0, lam=1.0, values=None,
+                     old_logprobs=None, sum_pi_squared=None, rollout_is_weights=None, handle_zero_tail=True,
+                     norm_adv_by_std_in_grpo=None, reward_weights=None):
     """Advantages from rewards [B] and groups (docs/math.md §2); fp32, no gradient.
 
-    Groups: group_ids [B] (any ints; ragged groups fine) or group_size (an int G dividing B, or a list
-    of sizes summing to B). mode: "grpo" (r - mean_g)/(std_g + eps), std unbiased, scale_rewards
-    "group" | "batch" | "none" as in TRL; "dr_grpo" r - mean_g; "rloo" r - mean of the others;
-    "remax" r - baseline (baseline [B] required); "reinforce_pp" token-level [B, T] (mask required):
-    r - kl_coef * sum_{s>=t} token_kl_s, minus the group mean when groups are given, whitened over the
-    valid tokens; "none" r. A group of one, or identical rewards, gives 0 (never NaN). NaN rewards
+    Groups: group_ids [B] (any ints, or a list / numpy array of uid strings as verl passes them; ragged
+    groups fine) or group_size (an int G dividing B, or a list of sizes summing to B). mode: "grpo"
+    (r - mean_g)/(std_g + eps), std unbiased, scale_rewards "group" | "batch" | "none" as in TRL
+    (norm_adv_by_std_in_grpo=False, verl's name, is scale_rewards="none"); "dr_grpo" r - mean_g; "rloo"
+    r - mean of the others; "remax" r - baseline (baseline [B] required); "reinforce_pp" token-level
+    [B, T] (mask required): r - kl_coef * sum_{s>=t} token_kl_s (gamma < 1: discounted over valid
+    tokens), minus the group mean when groups are given, whitened over the valid tokens; "none" r.
+    verl's estimators: "grpo_passk" (the best row of a group gets r_max - r_second, over std + eps
+    unless scale_rewards="none"), "opo" (length-weighted group mean; mask gives the lengths), "gpg"
+    (B / #nonzero rewards * (r - mean_g)), and token-level [B, T] (mask required):
+    "reinforce_pp_baseline" (the KL-shaped score summed per sequence, minus its group mean, whitened),
+    "gae" (values [B, T], gamma, lam; whitened), "optimal_token_baseline" and
+    "tir_optimal_token_baseline" (old_logprobs, sum_pi_squared [B, T], optional rollout_is_weights,
+    handle_zero_tail), "gdpo" (rewards [B, K]: grpo per column, summed with reward_weights [K], whitened
+    over valid tokens). verl's adv_estimator names are accepted as they are spelt (reinforce_plus_plus,
+    reinforce_plus_plus_baseline, rloo_vectorized, grpo_vectorized, ...). Token-level modes put the
+    sequence reward on the last valid token. A group of one, or identical rewards, gives 0 (never NaN),
+    in every grouped mode. eps: added to every std (default 1e-6, verl's; TRL's is 1e-4). NaN rewards
     raise naming the row.
     """
     v.require_tensor("rewards", rewards)
-    if rewards.dim() != 1 or not rewards.is_floating_point():
+    if mode == "gdpo":  # one column per reward component
+        if rewards.dim() != 2 or not rewards.is_floating_point():
+            raise ValueError(f"mode='gdpo' needs rewards as a 2-D floating tensor [B, K] (one column per reward "
+                             f"component), got {v.describe(rewards)}")
+    elif rewards.dim() != 1 or not rewards.is_floating_point():
         raise ValueError(f"rewards must be a 1-D floating tensor [B], got {v.describe(rewards)}")
     v.require_data("rewards", rewards)
+    verl_name = mode if mode in _ext_adv.VERL_ESTIMATORS and mode not in ADVANTAGE_MODES else None
+    mode = _ext_adv.VERL_ESTIMATORS.get(mode, mode)
     if mode not in ADVANTAGE_MODES:
-        raise ValueError(f"mode must be one of {ADVANTAGE_MODES}, got {mode!r}")
+        raise ValueError(f"mode must be one of {ADVANTAGE_MODES} or verl's {tuple(_ext_adv.VERL_ESTIMATORS)}, "
+                         f"got {mode!r}")
+    if verl_name == "reinforce_plus_plus" and (group_ids is not None or group_size is not None):
+        raise ValueError("mode='reinforce_plus_plus' (verl) has no group baseline and would ignore group_ids= / "
+                         "group_size=; pass mode='reinforce_pp' for the group-mean version, or drop the groups")
     _reject_unused_inputs(mode, mask=mask, token_kl=token_kl, kl_coef=kl_coef, baseline=baseline)
+    extra = dict(values=values, old_logprobs=old_logprobs, sum_pi_squared=sum_pi_squared,
+                 rollout_is_weights=rollout_is_weights)
+    _ext_adv.reject_unused(mode, extra)
+    _ext_adv.check_gamma_lam(mode, gamma, lam)
+    if reward_weights is not None and mode != "gdpo":
+        raise ValueError(f"reward_weights= is used only by mode='gdpo'; mode={mode!r} would ignore it")
+    v.require_bool("handle_zero_tail", handle_zero_tail)
+    if not handle_zero_tail and mode not in ("optimal_token_baseline", "tir_optimal_token_baseline"):
+        raise ValueError(f"handle_zero_tail=False is used only by the optimal_token_baseline modes; mode={mode!r} "
+                         "would ignore it")
+    if norm_adv_by_std_in_grpo is not None:
+        v.require_bool("norm_adv_by_std_in_grpo", norm_adv_by_std_in_grpo)
+        if mode not in ("grpo", "grpo_passk", "gdpo"):
+            raise ValueError(f"norm_adv_by_std_in_grpo is used only by mode='grpo' / 'grpo_passk' / 'gdpo'; "
+                             f"mode={mode!r} would ignore it")
+        if scale_rewards != "group":
+            raise ValueError("norm_adv_by_std_in_grpo and scale_rewards both set the std division; pass one of them")
+        scale_rewards = "group" if norm_adv_by_std_in_grpo else "none"
     v.require_positive_finite("eps", eps)
     c.loss_ops_backend("rewards", rewards)
     batch = rewards.shape[0]
     c.no_nan_rows("rewards", rewards)
     index, groups = c.group_index(batch, group_ids, group_size, rewards.device)
-    if mode == "reinforce_pp":
+    if mode in _ext_adv.TOKEN_MODES or mode == "opo":
         if mask is None:
-            raise ValueError("mode='reinforce_pp' whitens over tokens and needs mask= [B, T]")
+            whitens = mode in ("reinforce_pp", "reinforce_pp_baseline", "gae")
+            does = "whitens over tokens" if whitens else "works on tokens"
+            raise ValueError(f"mode={mode!r} {does} and needs mask= [B, T]")
         v.require_tensor("mask", mask)
         if mask.dim() != 2 or mask.shape[0] != batch:
             raise ValueError(f"mask must be [B, T] with B = {batch} rows, got {v.describe(mask)}")
@@ -62,6 +107,17 @@ def group_advantages(rewards, *, group_ids=None, group_size=None, mode="grpo", e
         mask = c.bool_tensor("mask", mask, mask.shape)
         c.token_tensor("token_kl", token_kl, mask.shape, device=rewards.device)
         c.nonneg("kl_coef", kl_coef)
+    if mode in _ext_adv.MODES or (mode == "reinforce_pp" and gamma != 1.0):
+        _ext_adv.check_inputs(mode, extra, mask, index)
+        if mode in ("grpo_passk", "gdpo") and scale_rewards not in ("group", "none", True, False):
+            raise ValueError(f"mode={mode!r} takes scale_rewards 'group' or 'none', got {scale_rewards!r}")
+        scale = {True: "group", False: "none"}.get(scale_rewards, scale_rewards)
+        weights = _ext_adv.reward_weights_tensor(reward_weights, rewards.shape[1], rewards.device) \
+            if mode == "gdpo" else None
+        return _ext_adv.advantages(mode, rewards, index, groups, mask, eps=eps, scale_rewards=scale,
+                                   token_kl=token_kl, kl_coef=kl_coef, gamma=gamma, lam=lam, **extra,
+                                   handle_zero_tail=handle_zero_tail, reward_weights=weights)
+    if mode == "reinforce_pp":
         return _adv.reinforce_pp_advantages(rewards, mask, index=index, groups=groups, token_kl=token_kl,
                                             kl_coef=kl_coef, eps=eps)
     if mode == "remax":
@@ -79,11 +135,13 @@ def group_advantages(rewards, *, group_ids=None, group_size=None, mode="grpo", e
 
 def _reject_unused_inputs(mode, **given):
     """Inputs only some modes read: given to another mode they would be dropped without a word."""
-    users = {"mask": "reinforce_pp", "token_kl": "reinforce_pp", "kl_coef": "reinforce_pp", "baseline": "remax"}
+    users = {"mask": _ext_adv.TOKEN_MODES + ("opo",), "token_kl": _ext_adv.KL_MODES, "kl_coef": _ext_adv.KL_MODES,
+             "baseline": ("remax",)}
     for name, value in given.items():
         unset = value is None or (name == "kl_coef" and value == 0.0)
-        if not unset and mode != users[name]:
-            raise ValueError(f"{name}= is used only by mode={users[name]!r}; mode={mode!r} would ignore it")
+        if not unset and mode not in users[name]:
+            raise ValueError(f"{name}= is used only by mode={' / '.join(map(repr, users[name]))}; mode={mode!r} "
+                             "would ignore it")
 
 
 def kl_penalty(logprobs, ref_logprobs, *, estimator="k3"):

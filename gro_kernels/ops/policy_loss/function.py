@@ -18,7 +18,7 @@ from . import token_terms
 from .token_terms import EXTRAS, TokenLossConfig, TokenTerms
 
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm", "token_sum")
-IS_LEVELS = ("token", "sequence", "sequence_token")
+IS_LEVELS = ("token", "sequence", "sequence_token", "sequence_sum")  # sequence_sum: TRL RLOO's summed log-ratio
 
 
 def aggregation_scale(mask: torch.Tensor, aggregation: str, *, global_token_count=None, max_completion_length=None,
@@ -107,12 +107,13 @@ class _PolicyTokenLoss(torch.autograd.Function):
                 None, None, None, None, None, None, None, None, None)
 
 
-def sequence_log_ratio(logprobs, old_logprobs, mask):
-    """GSPO: r_i = mean over the valid tokens of sequence i of (l - l_old); differentiable in l."""
+def sequence_log_ratio(logprobs, old_logprobs, mask, summed: bool = False):
+    """GSPO: r_i = mean over the valid tokens of sequence i of (l - l_old); summed: the sum instead (TRL's
+    RLOOTrainer clips exp(sum_t l - l_old) per sequence); differentiable in l."""
     m = mask.to(torch.float32)
     old = logprobs.detach() if old_logprobs is None else old_logprobs
     diff = torch.where(mask, logprobs - old, torch.zeros_like(logprobs))
-    return diff.sum(1) / m.sum(1).clamp(min=1.0)
+    return diff.sum(1) if summed else diff.sum(1) / m.sum(1).clamp(min=1.0)
 
 
 def token_advantages(advantages: torch.Tensor, shape) -> torch.Tensor:
@@ -134,7 +135,7 @@ def policy_loss(logprobs, advantages, mask, *, old_logprobs=None, ref_logprobs=N
     adv = token_advantages(advantages, shape)
     log_ratio = None
     if importance_sampling_level != "token":
-        seq = sequence_log_ratio(logprobs, old_logprobs, mask)
+        seq = sequence_log_ratio(logprobs, old_logprobs, mask, summed=importance_sampling_level == "sequence_sum")
         log_ratio = seq.unsqueeze(1).expand(shape)
         if importance_sampling_level == "sequence_token":  # value of the sequence, gradient per token
             log_ratio = logprobs - logprobs.detach() + log_ratio.detach()
