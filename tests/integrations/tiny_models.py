@@ -33,8 +33,10 @@ def tiny_causal_lm(family="llama", seed=0, dtype=torch.float32, **overrides):
 
 
 def batch(model, b=3, t=17, seed=1):
+    """(input_ids, attention_mask, labels) for `model` (or a vocabulary size)."""
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, model.config.get_text_config().vocab_size, (b, t), generator=g)
+    vocab = model if isinstance(model, int) else model.config.get_text_config().vocab_size
+    ids = torch.randint(3, vocab, (b, t), generator=g)
     mask = torch.ones(b, t, dtype=torch.long)
     mask[0, :4] = 0  # left padding on one row
     labels = ids.masked_fill(mask == 0, -100)
