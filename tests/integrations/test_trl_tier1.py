@@ -152,3 +152,36 @@ def test_unsupported_trl_version_raises_on_import(monkeypatch):
         importlib.import_module("gro_kernels.integrations.trl")
     monkeypatch.setattr(trl, "__version__", "1.16.0")
     importlib.import_module("gro_kernels.integrations.trl")
+
+
+@pytest.mark.parametrize("family,temperature,cast", [("llama", 0.7, False), ("gemma2", 1.0, False),
+                                                     ("cohere", 0.9, True), ("granite", 1.0, False)])
+def test_add_fused_lm_head_contract_field_by_field(family, temperature, cast):
+    """Our add_fused_lm_head vs TRL's on the same model and labels: every FusedCausalLMOutput field and every
+    parameter gradient (softcap: gemma2; logit_scale: cohere; 1/logits_scaling: granite)."""
+    from tests.integrations.tiny_models import batch, tiny_causal_lm
+
+    outputs = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
+    results = []
+    for install in (gro_trl.TRL_ADD_FUSED_LM_HEAD, gro_trl.add_fused_lm_head):
+        model = tiny_causal_lm(family)
+        ids, mask, labels = batch(model)
+        with torch.no_grad():  # every third scored label the model's own argmax, so is_top1 has True rows
+            predicted = model(input_ids=ids, attention_mask=mask).logits.argmax(-1)
+        labels = labels.clone()
+        labels[:, 1::3] = torch.where(labels[:, 1::3] != -100, predicted[:, 0::3][:, :labels[:, 1::3].shape[1]],
+                                      labels[:, 1::3])
+        install(model, temperature=temperature, cast_lm_head_to_fp32=cast, outputs=outputs)
+        out = model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True, num_items_in_batch=9)
+        assert type(out).__name__ == "FusedCausalLMOutput"
+        w = torch.linspace(-1, 1, out.entropy.numel()).reshape(out.entropy.shape)
+        (out.loss + (out.entropy * w).sum()).backward()
+        results.append((out, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    (theirs, grads_a), (ours, grads_b) = results
+    for field in ("loss",) + outputs[:-1]:
+        assert (getattr(ours, field) - getattr(theirs, field)).abs().max() <= 1e-5, field
+    assert torch.equal(ours.is_top1, theirs.is_top1) and torch.equal(ours.label_mask, theirs.label_mask)
+    assert ours.is_top1.any() and ours.aux_loss is None and theirs.aux_loss is None
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        assert S.max_rel(grads_b[name], grads_a[name]) <= TOL, name

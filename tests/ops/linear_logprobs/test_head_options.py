@@ -209,3 +209,9 @@ def test_head_outputs_bad_names_raise():
         F.linear_head_outputs(hidden, weight, targets, outputs="entropy")
     with pytest.raises(ValueError, match=r"the head statistics is not supported by backend='triton'"):
         F.linear_head_outputs(hidden, weight, targets, outputs=("is_top1",), backend="triton")
+
+
+def test_softcap_with_a_vocabulary_parallel_head_raises_naming_it():
+    hidden, weight, targets, _ = _case(torch.float32, n=4)
+    with pytest.raises(ValueError, match=r"final_logit_softcapping is not supported with process_group="):
+        F.linear_logprobs(hidden, weight, targets, process_group=object(), vocab_start=0, final_logit_softcapping=3.0)
