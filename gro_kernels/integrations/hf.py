@@ -36,7 +36,8 @@ class HeadOutput(ModelOutput):
 
     loss: -sum(log_probs) / (number of labelled tokens, or num_items_in_batch when passed).
     log_probs, entropy (differentiable); log_sum_sq_probs, mean_logits, is_top1 (no grad): docs/math.md §1.
-    label_mask: labels != -100. aux_loss: always None (MoE load-balancing loss is not supported).
+    label_mask: labels != -100. aux_loss: the MoE load-balancing loss when router logits are requested
+    (output_router_logits=True, or the config asks for them), already added to loss times router_aux_loss_coef.
     """
 
     loss: Optional[torch.Tensor] = None
@@ -157,7 +158,7 @@ def patch_causal_lm(model, *, temperature: float = 1.0, outputs=("log_probs", "e
 
     The call: labels [B, T] (next-token labels are labels[:, 1:], scored on hidden[:, :-1]) or pre-shifted
     shift_labels [B, T]; -100 marks positions that are not scored; num_items_in_batch divides the loss.
-    Raises ValueError for a LoRA / non-linear head, a config that asks for MoE router logits, bad options.
+    Raises ValueError for a LoRA / non-linear head and bad options.
     """
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "get_output_embeddings"):
         raise TypeError(f"model must be a transformers causal LM (a PreTrainedModel), got {type(model).__name__}")
@@ -171,9 +172,6 @@ def patch_causal_lm(model, *, temperature: float = 1.0, outputs=("log_probs", "e
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature > 0:
         raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
     text_config = model.config.get_text_config()
-    if getattr(text_config, "output_router_logits", False):
-        raise ValueError("config.output_router_logits=True (MoE load-balancing loss) is not supported by "
-                         "patch_causal_lm: the aux loss would be dropped")
     softcap, logit_scale = head_transform(model.config)
     options = dict(temperature=float(temperature), outputs=tuple(dict.fromkeys(("log_probs",) + tuple(outputs))),
                    cast_lm_head_to_fp32=bool(cast_lm_head_to_fp32), backend=backend, chunk_size=chunk_size,
@@ -196,14 +194,15 @@ def patch_causal_lm(model, *, temperature: float = 1.0, outputs=("log_probs", "e
 
 
 def _fused_forward(model, args, kwargs, labels, shift_labels, num_items_in_batch, options, output_class):
-    if kwargs.get("output_router_logits"):
-        raise ValueError("output_router_logits=True (MoE load-balancing loss) is not supported by gro-kernels' "
-                         "fused head")
     if labels is None and shift_labels is None:
         raise ValueError("fused_lm_head=True needs labels= ([B, T], -100 where not scored) or shift_labels=")
     kwargs["use_cache"] = False
+    text_config = model.config.get_text_config()
+    if getattr(text_config, "output_router_logits", False):  # MoE: as the model's own forward does
+        kwargs.setdefault("output_router_logits", True)
     # Looked up on every call: FSDP and PEFT replace the backbone and the head after patching.
-    hidden = model.base_model(*args, **kwargs).last_hidden_state
+    backbone_out = model.base_model(*args, **kwargs)
+    hidden = backbone_out.last_hidden_state
     if shift_labels is None:
         hidden, targets = hidden[:, :-1], labels[:, 1:]
     else:
@@ -218,5 +217,21 @@ def _fused_forward(model, args, kwargs, labels, shift_labels, num_items_in_batch
     mask = targets != IGNORE_INDEX
     denominator = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
     loss = -log_probs.sum() / denominator
+    aux_loss = None
+    if kwargs.get("output_router_logits"):
+        aux_loss = router_aux_loss(text_config, backbone_out.router_logits, kwargs.get("attention_mask"))
+        loss = loss + getattr(text_config, "router_aux_loss_coef", 0.0) * aux_loss
     return output_class(loss=loss, log_probs=log_probs, entropy=entropy, log_sum_sq_probs=log_sum_sq_probs,
-                        mean_logits=mean_logits, is_top1=is_top1, label_mask=mask, aux_loss=None)
+                        mean_logits=mean_logits, is_top1=is_top1, label_mask=mask, aux_loss=aux_loss)
+
+
+def router_aux_loss(text_config, router_logits, attention_mask):
+    """The MoE load-balancing loss the model's own forward adds (transformers' Mixtral formula, which the MoE
+    families share), from the backbone's router logits; attention_mask None (padding-free) counts every token."""
+    from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+
+    experts = getattr(text_config, "num_experts", None) or getattr(text_config, "num_local_experts", None)
+    if experts is None or router_logits is None:
+        raise ValueError(f"output_router_logits=True but {text_config.model_type} exposes no router logits / "
+                         "number of experts for the load-balancing loss")
+    return load_balancing_loss_func(router_logits, experts, text_config.num_experts_per_tok, attention_mask)

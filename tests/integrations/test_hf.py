@@ -121,7 +121,7 @@ def test_cast_lm_head_to_fp32_and_bf16_model():
     assert model.lm_head.weight.grad.dtype == torch.bfloat16 and model.lm_head.weight.grad.abs().max() > 0
 
 
-def test_lora_head_and_moe_router_logits_raise():
+def test_lora_and_non_linear_heads_raise():
     model = tiny_causal_lm("llama")
 
     class LoraLinear(torch.nn.Linear):  # what a PEFT LoRA layer looks like from outside: lora_A / base_layer
@@ -136,9 +136,23 @@ def test_lora_head_and_moe_router_logits_raise():
     model.lm_head = torch.nn.Sequential(model.lm_head)
     with pytest.raises(ValueError, match=r"the LM head must be a torch.nn.Linear, got Sequential"):
         hf.patch_causal_lm(model)
-    model = tiny_causal_lm("llama")
-    model.config.output_router_logits = True
-    with pytest.raises(ValueError, match=r"output_router_logits=True"):
-        hf.patch_causal_lm(model)
     with pytest.raises(ValueError, match=r"outputs must be names among"):
         hf.patch_causal_lm(tiny_causal_lm("llama"), outputs=("logits",))
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen3_moe"])
+def test_moe_router_aux_loss_is_the_models_own(family):
+    """output_router_logits in the config: loss = NLL + router_aux_loss_coef * aux_loss, aux_loss equal to the
+    one the model's own forward adds, and its gradient reaches the routers."""
+    extra = dict(num_local_experts=4) if family == "mixtral" else dict(num_experts=4, moe_intermediate_size=32)
+    model = tiny_causal_lm(family, output_router_logits=True, router_aux_loss_coef=0.5, num_experts_per_tok=2,
+                           **extra)
+    ids, mask, labels = batch(model)
+    own = model(input_ids=ids, attention_mask=mask, labels=labels)
+    hf.patch_causal_lm(model)
+    out = model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
+    assert out.aux_loss is not None and torch.allclose(out.aux_loss, own.aux_loss, rtol=1e-6)
+    assert torch.allclose(out.loss, own.loss, rtol=1e-5)  # own.loss: mean NLL + coef * aux at temperature 1
+    out.loss.backward()
+    routers = [p.grad for n, p in model.named_parameters() if "gate" in n and "proj" not in n]
+    assert routers and all(g is not None and g.abs().max() > 0 for g in routers)

@@ -154,17 +154,21 @@ def test_unsupported_trl_version_raises_on_import(monkeypatch):
     importlib.import_module("gro_kernels.integrations.trl")
 
 
-@pytest.mark.parametrize("family,temperature,cast", [("llama", 0.7, False), ("gemma2", 1.0, False),
-                                                     ("cohere", 0.9, True), ("granite", 1.0, False)])
-def test_add_fused_lm_head_contract_field_by_field(family, temperature, cast):
+MOE = dict(num_local_experts=4, num_experts_per_tok=2, output_router_logits=True, router_aux_loss_coef=0.5)
+
+
+@pytest.mark.parametrize("family,temperature,cast,overrides", [
+    ("llama", 0.7, False, {}), ("gemma2", 1.0, False, {}), ("cohere", 0.9, True, {}), ("granite", 1.0, False, {}),
+    ("mixtral", 1.0, False, MOE)], ids=["llama", "gemma2", "cohere", "granite", "mixtral-aux-loss"])
+def test_add_fused_lm_head_contract_field_by_field(family, temperature, cast, overrides):
     """Our add_fused_lm_head vs TRL's on the same model and labels: every FusedCausalLMOutput field and every
-    parameter gradient (softcap: gemma2; logit_scale: cohere; 1/logits_scaling: granite)."""
+    parameter gradient (softcap: gemma2; logit_scale: cohere; 1/logits_scaling: granite; MoE aux loss: mixtral)."""
     from tests.integrations.tiny_models import batch, tiny_causal_lm
 
     outputs = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
     results = []
     for install in (gro_trl.TRL_ADD_FUSED_LM_HEAD, gro_trl.add_fused_lm_head):
-        model = tiny_causal_lm(family)
+        model = tiny_causal_lm(family, **overrides)
         ids, mask, labels = batch(model)
         with torch.no_grad():  # every third scored label the model's own argmax, so is_top1 has True rows
             predicted = model(input_ids=ids, attention_mask=mask).logits.argmax(-1)
@@ -181,7 +185,11 @@ def test_add_fused_lm_head_contract_field_by_field(family, temperature, cast):
     for field in ("loss",) + outputs[:-1]:
         assert (getattr(ours, field) - getattr(theirs, field)).abs().max() <= 1e-5, field
     assert torch.equal(ours.is_top1, theirs.is_top1) and torch.equal(ours.label_mask, theirs.label_mask)
-    assert ours.is_top1.any() and ours.aux_loss is None and theirs.aux_loss is None
+    assert ours.is_top1.any()
+    if overrides:
+        assert torch.allclose(ours.aux_loss, theirs.aux_loss, rtol=1e-6)
+    else:
+        assert ours.aux_loss is None and theirs.aux_loss is None
     assert grads_a.keys() == grads_b.keys()
     for name in grads_a:
         assert S.max_rel(grads_b[name], grads_a[name]) <= TOL, name

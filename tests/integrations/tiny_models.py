@@ -23,7 +23,7 @@ FAMILIES = {
 def tiny_causal_lm(family="llama", seed=0, dtype=torch.float32, **overrides):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.for_model(family, **{**BASE, **FAMILIES[family], **overrides})
+    config = AutoConfig.for_model(family, **{**BASE, **FAMILIES.get(family, {}), **overrides})
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     # Initialized logits are ~0; scale the head so the softmax is far from uniform and softcaps bite.
