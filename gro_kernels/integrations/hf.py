@@ -88,7 +88,7 @@ def check_head(head):
                          "lm_head.weight and would leave the adapter's weights untrained. Keep lm_head out of "
                          "the adapter's target_modules, or merge the adapter first")
     if not isinstance(layer, torch.nn.Linear):
-        raise ValueError(f"the LM head must be a torch.nn.Linear, got {type(layer).__name__}; its transform is "
+        raise TypeError(f"the LM head must be a torch.nn.Linear, got {type(layer).__name__}; its transform is "
                          "not one patch_causal_lm can reproduce")
     if type(layer).forward is not torch.nn.Linear.forward:
         raise ValueError(f"the LM head {type(layer).__name__} overrides nn.Linear.forward (a head transform "
@@ -158,7 +158,8 @@ def patch_causal_lm(model, *, temperature: float = 1.0, outputs=("log_probs", "e
 
     The call: labels [B, T] (next-token labels are labels[:, 1:], scored on hidden[:, :-1]) or pre-shifted
     shift_labels [B, T]; -100 marks positions that are not scored; num_items_in_batch divides the loss.
-    Raises ValueError for a LoRA / non-linear head and bad options.
+    Raises ValueError for a LoRA head, TypeError for a head that is not a plain nn.Linear, ValueError for
+    bad options.
     """
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "get_output_embeddings"):
         raise TypeError(f"model must be a transformers causal LM (a PreTrainedModel), got {type(model).__name__}")
@@ -171,7 +172,6 @@ def patch_causal_lm(model, *, temperature: float = 1.0, outputs=("log_probs", "e
         raise ValueError(f"outputs must be names among {HEAD_OUTPUTS}, got {outputs!r}")
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature > 0:
         raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
-    text_config = model.config.get_text_config()
     softcap, logit_scale = head_transform(model.config)
     options = dict(temperature=float(temperature), outputs=tuple(dict.fromkeys(("log_probs",) + tuple(outputs))),
                    cast_lm_head_to_fp32=bool(cast_lm_head_to_fp32), backend=backend, chunk_size=chunk_size,

@@ -19,9 +19,8 @@ Supported TRL versions are checked on import (SUPPORTED_TRL): the contract above
 import contextlib
 import importlib
 
-from packaging.version import Version
-
 import trl
+from packaging.version import Version
 
 from .hf import patch_causal_lm
 
@@ -31,8 +30,8 @@ if not SUPPORTED_TRL[0] <= Version(trl.__version__) < SUPPORTED_TRL[1]:
                       f"(its add_fused_lm_head / FusedCausalLMOutput contract); found trl {trl.__version__}. "
                       f"Install trl=={SUPPORTED_TRL[0]}")
 
-from trl.trainer import utils as _trl_utils  # noqa: E402
 from trl import DPOTrainer, GRPOTrainer, KTOTrainer, RLOOTrainer, SFTTrainer  # noqa: E402
+from trl.trainer import utils as _trl_utils  # noqa: E402
 
 # The trainer modules that bind add_fused_lm_head at import (`from .utils import add_fused_lm_head`).
 TRAINER_MODULES = ("trl.trainer.grpo_trainer", "trl.trainer.rloo_trainer", "trl.trainer.dpo_trainer",

@@ -134,7 +134,7 @@ def test_lora_and_non_linear_heads_raise():
         hf.patch_causal_lm(model)
     model = tiny_causal_lm("llama")
     model.lm_head = torch.nn.Sequential(model.lm_head)
-    with pytest.raises(ValueError, match=r"the LM head must be a torch.nn.Linear, got Sequential"):
+    with pytest.raises(TypeError, match=r"the LM head must be a torch.nn.Linear, got Sequential"):
         hf.patch_causal_lm(model)
     with pytest.raises(ValueError, match=r"outputs must be names among"):
         hf.patch_causal_lm(tiny_causal_lm("llama"), outputs=("logits",))
