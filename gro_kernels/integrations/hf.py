@@ -129,11 +129,18 @@ def _install_head_forward(layer):
     if getattr(layer, "_gro_serves_requests", False):
         return
     plain = layer.forward  # bound: the class's forward, or a wrapper someone installed (kept for plain calls)
+    # accelerate (device_map, cpu/disk offload) wraps a module's forward in its hook's pre_forward /
+    # post_forward. Installed before us, that wrapper is `plain`, which a request bypasses: run the hook
+    # around the request too. Installed after us, it wraps this forward and runs by itself.
+    accelerate_hook = getattr(layer, "_hf_hook", None)
 
     def forward(self, input, gro_request: Optional[HeadRequest] = None):
         if gro_request is None:
             return plain(input)
-        return gro_request.run(self, input)
+        if accelerate_hook is None:
+            return gro_request.run(self, input)
+        args, _ = accelerate_hook.pre_forward(self, input)
+        return accelerate_hook.post_forward(self, gro_request.run(self, args[0]))
 
     layer.forward = types.MethodType(forward, layer)
     layer._gro_serves_requests = True

@@ -156,3 +156,36 @@ def test_moe_router_aux_loss_is_the_models_own(family):
     out.loss.backward()
     routers = [p.grad for n, p in model.named_parameters() if "gate" in n and "proj" not in n]
     assert routers and all(g is not None and g.abs().max() > 0 for g in routers)
+
+
+@pytest.mark.parametrize("hooked", ["before_patch", "after_patch"])
+def test_accelerate_hooks_on_the_head_run_once_per_call(hooked):
+    """An accelerate hook (what device_map / offload install) on lm_head: its pre_forward and post_forward run
+    exactly once around the fused head, whether it was added before or after the patch."""
+    hooks = pytest.importorskip("accelerate.hooks")
+    calls = []
+
+    class Recorder(hooks.ModelHook):
+        def pre_forward(self, module, *args, **kwargs):
+            calls.append("pre")
+            return args, kwargs
+
+        def post_forward(self, module, output):
+            calls.append("post")
+            return output
+
+    model = tiny_causal_lm("llama")
+    ids, mask, labels = batch(model)
+    if hooked == "before_patch":
+        hooks.add_hook_to_module(model.lm_head, Recorder())
+    hf.patch_causal_lm(model)
+    out = model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
+    if hooked == "after_patch":
+        assert calls == []  # the head layer is set up on the first fused call; hook it now and call again
+        hooks.add_hook_to_module(model.lm_head, Recorder())
+        out = model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
+    assert calls == ["pre", "post"]
+    calls.clear()
+    plain = model(input_ids=ids, attention_mask=mask)  # a plain call still goes through the hook once
+    assert calls == ["pre", "post"] and plain.logits.shape[-1] == model.config.vocab_size
+    assert out.log_probs.abs().sum() > 0
