@@ -183,6 +183,13 @@ CASES += _cases("linear_logprobs", [
     ("[B, T, H] batch with ignore_index rows", lambda: lp(hidden=HID, targets=Y.masked_fill(Y > 8, -100)), OK),
     ("GRO_CHUNK_SIZE=5 (not dividing N)", lambda: lp(), OK, {"GRO_CHUNK_SIZE": "5"}),
     ("backend='naive', return_entropy=True", lambda: lp(backend="naive", return_entropy=True), OK),
+    ("final_logit_softcapping=0.0", lambda: lp(final_logit_softcapping=0.0),
+     raises(ValueError, r"final_logit_softcapping must be finite and > 0, got 0.0")),
+    ("logit_scale=-1.0", lambda: lp(logit_scale=-1.0), raises(ValueError, r"logit_scale must be finite and > 0")),
+    ("final_logit_softcapping=30.0, backend='triton'", lambda: lp(final_logit_softcapping=30.0, backend="triton"),
+     raises(ValueError, r"final_logit_softcapping is not supported by backend='triton'")),
+    ("final_logit_softcapping=30.0, logit_scale=0.5, temperature=0.7",
+     lambda: lp(final_logit_softcapping=30.0, logit_scale=0.5, temperature=0.7), OK),
 ])
 
 CU = torch.tensor([0, 5, 5, 6, 12])  # a packed batch of B = 4 sequences over H2's N = 12 rows (one empty)

@@ -27,10 +27,12 @@ def default_chunk_size(n_rows: int, vocab: int) -> int:
 
 
 def forward(hidden, weight, bias, targets, *, inv_temperature, ignore_index, with_entropy, chunk_size,
-            vocab_shard=False):
+            vocab_shard=False, softcap=0.0, softcap_scale=1.0, stats=None):
     """Returns (logprobs [N] fp32, entropy [N] fp32 or empty [0], lse [N] fp32).
 
-    vocab_shard: weight/bias are one vocabulary shard (see epilogues.py); the outputs are the shard's."""
+    vocab_shard: weight/bias are one vocabulary shard (see epilogues.py); the outputs are the shard's.
+    softcap > 0: each chunk's logits go through epilogues.softcap_ (with softcap_scale) before the epilogue.
+    stats: None or a [3, N] fp32 tensor that receives epilogues.stats_torch of every row."""
     n, vocab = hidden.shape[0], weight.shape[0]
     fwd_epilogue, _, _ = epilogues.pick(hidden.device.type)
     f32 = dict(dtype=torch.float32, device=hidden.device)
@@ -43,8 +45,14 @@ def forward(hidden, weight, bias, targets, *, inv_temperature, ignore_index, wit
     for start in range(0, n, rows):
         end = min(start + rows, n)
         z = buffer.logits(hidden[start:end], weight, bias)
-        fwd_epilogue(buffer.as_fp32(z), targets[start:end], inv_temperature, ignore_index,
+        z32 = buffer.as_fp32(z)
+        if softcap:
+            epilogues.softcap_(z32, softcap, softcap_scale)
+        fwd_epilogue(z32, targets[start:end], inv_temperature, ignore_index,
                      logprobs[start:end], lse[start:end], entropy[start:end] if with_entropy else None, vocab_shard)
+        if stats is not None:
+            epilogues.stats_torch(z32, targets[start:end], inv_temperature, ignore_index, lse[start:end],
+                                  stats[:, start:end])
     return logprobs, entropy, lse
 
 
@@ -121,8 +129,11 @@ class GradAccumulators:
 
 
 def backward(grad_logprobs, grad_entropy, hidden, weight, bias, targets, lse, entropy, *,
-             inv_temperature, ignore_index, chunk_size, needs_hidden, needs_weight, needs_bias, vocab_shard=False):
+             inv_temperature, ignore_index, chunk_size, needs_hidden, needs_weight, needs_bias, vocab_shard=False,
+             softcap=0.0, softcap_scale=1.0):
     """Returns (dhidden or None, dweight or None, dbias or None) in the input dtype.
+
+    softcap > 0: as in forward; dLoss/dz is chained through the softcap's derivative (one extra chunk buffer).
 
     vocab_shard: weight/bias are one vocabulary shard and lse/entropy the full vocabulary's; the result
     is this shard's dweight/dbias and its share of dhidden (the caller sums dhidden over shards)."""
@@ -136,8 +147,14 @@ def backward(grad_logprobs, grad_entropy, hidden, weight, bias, targets, lse, en
             end = min(start + rows, n)
             z = buffer.logits(hidden[start:end], weight, bias)
             g32 = buffer.as_fp32(z)
+            factor = None
+            if softcap:
+                factor = torch.empty_like(g32)
+                epilogues.softcap_(g32, softcap, softcap_scale, grad_factor=factor)
             bwd_epilogue(g32, targets[start:end], inv_temperature, ignore_index, lse[start:end],
                          entropy[start:end] if grad_entropy is not None else None, grad_logprobs[start:end],
                          grad_entropy[start:end] if grad_entropy is not None else None, vocab_shard)
+            if factor is not None:
+                g32.mul_(factor)
             grads.add_chunk(buffer.operand(z, g32), g32, hidden, weight, start, end)
     return grads.result()
