@@ -4,10 +4,10 @@
 
 One step is TRL's GRPOTrainer.training_step (the loss forward + backward through the whole tiny decoder) on a
 fixed batch of sampled completions: generation is replaced by fixed random completions (full length, or
-ragged with --ragged; random advantages), since it is the same for every method and would dominate a CPU step. TRL 1.16 always runs
-its chunked head (4 head GEMMs: logits, recomputed logits, dhidden, dW); tier 2 runs gro_loss's grad-in-forward
-loop (3 GEMMs). Tier 1 (gro_kernels.integrations.trl.GROGRPOTrainer, gro's head under TRL's loss) is timed
-when that module is importable, else its row says so.
+ragged with --ragged; random advantages), since it is the same for every method and would dominate a CPU
+step. TRL 1.16 always runs its chunked head (4 head GEMMs: logits, recomputed logits, dhidden, dW); tier 2
+runs gro_loss's grad-in-forward loop (3 GEMMs). Tier 1 (gro_kernels.integrations.trl.GROGRPOTrainer, gro's
+head under TRL's loss) is timed when that module is importable, else its row says so.
 
 Rows: fp32 (fp32 model, bf16=False) and bf16 (fp32 model, bf16=True: TRL's default autocast). Time: median
 over repeats, methods round-robin in one process, after a check that each method's loss and lm_head
@@ -71,8 +71,8 @@ def tier1_class():
 
 
 def save_model(args, path):
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     words = ["<pad>", "<eos>", "<unk>"] + [f"w{i}" for i in range(29)]  # generation is not run: any small vocab
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
@@ -200,8 +200,8 @@ def run(args):
 def _flags(args):
     return [f"--vocab={args.vocab}", f"--hidden={args.hidden}", f"--layers={args.layers}",
             f"--sequences={args.sequences}", f"--prompt-len={args.prompt_len}",
-            f"--completion-len={args.completion_len}", *(["--ragged"] if args.ragged else []), f"--loss-type={args.loss_type}", f"--beta={args.beta}",
-            f"--threads={args.threads}"]
+            f"--completion-len={args.completion_len}", *(["--ragged"] if args.ragged else []),
+            f"--loss-type={args.loss_type}", f"--beta={args.beta}", f"--threads={args.threads}"]
 
 
 def markdown(args, rows):
