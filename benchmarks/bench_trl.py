@@ -208,7 +208,8 @@ def markdown(args, rows):
     shape = (f"tiny Llama: V={args.vocab}, H={args.hidden}, {args.layers} layers; {args.sequences} completions x "
              f"{args.completion_len} tokens ({'ragged, lengths in [C/2, C]' if args.ragged else 'full length'}) + "
              f"{args.prompt_len}-token prompts; "
-             f"loss_type={args.loss_type}, beta={args.beta}; {args.threads} threads; median of {args.repeats}")
+             f"loss_type={args.loss_type}, beta={args.beta}; {args.threads} threads; median of {args.repeats}; "
+             f"load average at the end {os.getloadavg()[0]:.1f}")
     return shape + "\n\n" + common.format_table(rows, COLUMNS) + "\n"
 
 
