@@ -224,3 +224,24 @@ def test_generation_and_old_logprobs_still_use_trls_head(model_dir):
     hidden = trainer.model(input_ids=ids, gro_hidden_states=True)
     assert hidden.shape == (*ids.shape, trainer.model.config.hidden_size)
     assert math.isfinite(out.loss.item())
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
+def test_eval_loss_matches_trl(model_dir, loss_type):
+    """In eval TRL neither divides by the accumulation steps nor rescales num_items_in_batch by them (no grad:
+    gro_loss takes its plain path)."""
+    trainer = make_trainer(model_dir, loss_type=loss_type, beta=0.04, gradient_accumulation_steps=2)
+    inputs = _batch(trainer, 2)
+    trainer.model.eval()
+    with torch.no_grad():
+        want = GRPOTrainer._compute_loss(trainer, trainer.model, inputs)
+        want_metrics = {k: list(v) for k, v in trainer._metrics["eval"].items()}
+        trainer._metrics["eval"].clear()
+        install_gro_loss(trainer)
+        got = trainer.compute_loss(trainer.model, inputs)
+    _assert_rel("eval loss", got, want)
+    assert {k: list(v) for k, v in trainer._metrics["eval"].items()} == pytest.approx(want_metrics, rel=1e-4)
+    trainer.model.train()  # train: grpo divides by the 2 accumulation steps; dapo by 2 / steps_per_generation = 1
+    with torch.no_grad():
+        train_loss = trainer.compute_loss(trainer.model, inputs).item()
+    assert train_loss == pytest.approx(want.item() * (0.5 if loss_type == "grpo" else 1.0), rel=1e-5)
