@@ -8,9 +8,9 @@ carries the finished dhidden back into the backbone.
 Everything outside the loss stays TRL's: generation, rewards, advantages (scale_rewards,
 multi_objective_aggregation, reward_weights), old and reference logprobs (TRL's own head, computed in
 _generate_and_score_completions), the buffered generation batch, the optimizer. The GRPOConfig options
-the loss reads map one to one (see OPTIONS below, docs/math.md §5 for the formulas); every option whose
-effect this loss would not reproduce exactly raises ValueError when the loss is installed, naming the option,
-its value and the setting that turns it off.
+the loss reads map one to one (_loss_options; docs/design.md "TRL tier 2", docs/math.md §5); every option
+whose effect this loss would not reproduce exactly raises ValueError when the loss is installed, naming the
+option, its value and the setting that turns it off (unsupported_options).
 
     trainer = trl.GRPOTrainer(model=..., args=GRPOConfig(..., loss_type="grpo"), ...)
     install_gro_loss(trainer)      # or GROGRPOTrainer(..., gro_loss=True), which calls it
