@@ -91,6 +91,10 @@ ALLOWED = {
 }
 
 
+# Layers that sit on the public names (`import gro_kernels`) and nothing below them.
+PUBLIC_ONLY = ("gro_kernels.trainer", "gro_kernels.integrations")
+
+
 def _layer(module):
     if module.startswith("gro_kernels.ops.") and not module.startswith("gro_kernels.ops.common"):
         return "gro_kernels.ops." + module.split(".")[2]  # one op: its own folder, ops.common and _ext
@@ -111,7 +115,7 @@ def test_imports_point_one_way():
             continue
         allowed = _allowed(layer)
         for target in targets:
-            trainer_public = layer in ("gro_kernels.trainer", "gro_kernels.integrations") and target == "gro_kernels"
+            trainer_public = layer in PUBLIC_ONLY and target == "gro_kernels"
             if not trainer_public and not any(target == a or target.startswith(a.rstrip(".") + ".") or
                                               (a.endswith(".") and target.startswith(a)) for a in allowed):
                 bad.append(f"{module} imports {target}")
@@ -185,3 +189,9 @@ def test_nothing_imports_integrations_and_import_loads_no_framework():
             "if m in sys.modules]; print(loaded)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0 and out.stdout.strip() == "[]", (out.stdout, out.stderr)
+def test_import_loads_no_integration():
+    """gro_kernels.integrations (and the trainers it wraps) load only when asked for: they are optional."""
+    code = ("import sys, gro_kernels; loaded = [m for m in sys.modules if m.startswith(('gro_kernels.integrations', "
+            "'trl', 'verl', 'transformers'))]; print(loaded)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
