@@ -78,6 +78,7 @@ GRAPH = {name: sorted(set(_imports(path))) for name, path in MODULES.items()}
 # ops/<op> -> ops/common, _ext. presets and _validate sit below the loss layer.
 ALLOWED = {
     "gro_kernels.trainer": ("gro_kernels.trainer",),
+    "gro_kernels.integrations": ("gro_kernels.integrations",),  # + public names, like the trainer
     "gro_kernels.modules": ("gro_kernels.losses", "gro_kernels.functional", "gro_kernels.presets"),
     "gro_kernels.losses": ("gro_kernels.losses", "gro_kernels.functional", "gro_kernels.ops.", "gro_kernels.presets",
                            "gro_kernels._validate", "gro_kernels._ext"),
@@ -109,7 +110,7 @@ def test_imports_point_one_way():
             continue
         allowed = _allowed(layer)
         for target in targets:
-            trainer_public = layer == "gro_kernels.trainer" and target == "gro_kernels"
+            trainer_public = layer in ("gro_kernels.trainer", "gro_kernels.integrations") and target == "gro_kernels"
             if not trainer_public and not any(target == a or target.startswith(a.rstrip(".") + ".") or
                                               (a.endswith(".") and target.startswith(a)) for a in allowed):
                 bad.append(f"{module} imports {target}")
@@ -171,3 +172,11 @@ def test_trainer_uses_only_the_public_api():
                 assert not target.startswith("gro_kernels._"), f"{module} imports private {target}"
                 assert target == "gro_kernels" or target.startswith("gro_kernels.trainer"), \
                     f"{module} imports {target}, not a public name"
+
+
+def test_nothing_in_the_package_imports_the_integrations():
+    """gro_kernels.integrations import their trainer libraries (verl, TRL): no other module may reach them."""
+    for module, targets in GRAPH.items():
+        if not module.startswith("gro_kernels.integrations"):
+            bad = [t for t in targets if t.startswith("gro_kernels.integrations")]
+            assert not bad, f"{module} imports {bad}"

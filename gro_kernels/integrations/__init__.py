@@ -1,1 +1,2 @@
-"""Optional drop-ins for trainers (transformers, TRL, verl); importing gro_kernels never imports these."""
+"""Drop-ins for other trainers (TRL, verl, transformers). Optional: importing gro_kernels never imports this
+package, and each module here imports its trainer library only when it is itself imported."""
