@@ -160,6 +160,47 @@ def test_bf16_gro_is_as_close_to_the_truth_as_verl(layout):
         assert err_g <= 2 * err_v + 1e-3, f"{name}: gro {err_g:.2e}, verl {err_v:.2e}"
 
 
+def test_autocast_bf16_as_verls_fsdp_engine_runs_it():
+    """verl's FSDPEngine.forward_step runs fp32 parameters under torch.autocast(bf16) (mixed_precision
+    param_dtype). There verl's head GEMM runs in bf16 while gro's head keeps the fp32 hidden states and weight in
+    fp32 math (no autocast rule is registered for its custom op), so gro must be at least as close as verl to
+    the fp32 run without autocast: log-probs and every gradient within 2x verl's error (docs/testing.md's rule)."""
+    model = tiny_model("llama", torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lp_v, _, h_v, grads_v, _, mask = run_backend(model, "torch", "rmpad", 0.7)
+        lp_g, _, h_g, grads_g, _, _ = run_backend(model, "gro", "rmpad", 0.7)
+    assert torch.equal(h_v, h_g)
+    lp_t, _, _, grads_t, _, _ = run_backend(model, "torch", "rmpad", 0.7)
+    err_g, err_v = (lp_g - lp_t)[mask].abs().max().item(), (lp_v - lp_t)[mask].abs().max().item()
+    assert err_g <= 2 * err_v, (err_g, err_v)
+    for name, ref in grads_t.items():
+        err_g, err_v = rel_norm_err(grads_g[name], ref), rel_norm_err(grads_v[name], ref)
+        assert err_g <= 2 * err_v, f"{name}: gro {err_g:.2e}, verl {err_v:.2e}"
+
+
+def test_labels_follow_verls_precedence():
+    """shift_labels (the engine's globally rolled ids) over labels rolled by one over input_ids rolled by one;
+    each checked against log_softmax of the logits, so a wrong choice cannot pass."""
+    model = tiny_model("llama", torch.float32)
+    monkey_patch.apply_monkey_patch(model, use_remove_padding=True, use_fused_kernels=True, fused_kernels_backend="gro")
+    kwargs, _ = engine_inputs("rmpad")
+    ids = kwargs["input_ids"]
+    other = torch.randint(0, V, ids.shape, generator=torch.Generator().manual_seed(3))
+    shift = torch.randint(0, V, ids.shape, generator=torch.Generator().manual_seed(4))
+    base = {k: kwargs[k] for k in ("input_ids", "attention_mask", "position_ids")}
+    cases = ((dict(shift_labels=shift, labels=other), shift), (dict(labels=other), torch.roll(other, -1, -1)),
+             ({}, torch.roll(ids, -1, -1)))
+    for extra, expected_labels in cases:
+        captured = {}
+        handle = model.model.register_forward_hook(lambda m, a, o: captured.update(hidden=o[0].detach()) and None)
+        with torch.no_grad():
+            lp = model(**base, **extra, temperature=1.0, return_dict=True).log_probs
+        handle.remove()
+        logits = captured["hidden"].double() @ model.lm_head.weight.double().T
+        ref = torch.log_softmax(logits, -1).gather(-1, expected_labels[..., None])[..., 0]
+        torch.testing.assert_close(lp.double(), ref, rtol=1e-5, atol=1e-6, msg=lambda m: f"{sorted(extra)}: {m}")
+
+
 def test_the_plugin_is_loaded_by_import_verl_itself():
     """In a fresh process, `import verl` alone (verl's entry-point loop) installs the wrapper and logs it; with
     VERL_USE_EXTERNAL_PLUGINS=none it does not, so the load really comes from the entry point."""
