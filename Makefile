@@ -33,7 +33,8 @@ test-aot:
 # The verl plug-in's seam tests (tests/integrations/verl/) run in their own venv: verl 0.9.1 needs
 # transformers < 5.11, TRL 1.16 a newer one. The venv holds verl without its dependencies plus only what
 # importing verl's model-patching code needs, and this checkout editable (its verl.plugins entry point; the
-# extension built in place by `make setup`). Built once (~2 min), rebuilt when this file or pyproject.toml change.
+# extension built in place by `make setup`). Built once (~2 min), rebuilt when this file or pyproject.toml change;
+# pip's resolver then lists verl's other dependencies (ray[default] extras, wandb, ...) as missing, by design.
 VERL_VENV ?= build/verl-venv
 VERL_PY = $(VERL_VENV)/bin/python
 
