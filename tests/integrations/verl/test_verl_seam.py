@@ -261,3 +261,19 @@ def test_what_gro_cannot_honour_raises_naming_it():
 
 def test_verl_version_is_the_one_the_seam_was_read_from():
     assert verl.__version__.startswith(gro_verl.SEAM_READ_FROM + ".")
+
+
+def test_a_changed_seam_is_reported_not_silently_skipped(monkeypatch, caplog):
+    """verl hides plug-in errors at DEBUG: the plug-in itself warns when the seam is gone or verl is newer."""
+    import types
+    monkeypatch.setattr(gro_verl, "_verl_monkey_patch", types.SimpleNamespace())
+    with caplog.at_level(logging.WARNING, logger="gro_kernels.integrations.verl"):
+        with pytest.raises(ImportError, match="has no verl.models.transformers.monkey_patch.patch_forward_with"):
+            gro_verl._install()
+    assert "plug-in not loaded" in caplog.text
+    monkeypatch.setattr(gro_verl, "_verl_monkey_patch", monkey_patch)
+    monkeypatch.setattr(verl, "__version__", "0.10.0")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="gro_kernels.integrations.verl"):
+        gro_verl._install()
+    assert "written against verl 0.9.x, found 0.10.0" in caplog.text
