@@ -189,6 +189,8 @@ def test_nothing_imports_integrations_and_import_loads_no_framework():
             "if m in sys.modules]; print(loaded)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0 and out.stdout.strip() == "[]", (out.stdout, out.stderr)
+
+
 def test_import_loads_no_integration():
     """gro_kernels.integrations (and the trainers it wraps) load only when asked for: they are optional."""
     code = ("import sys, gro_kernels; loaded = [m for m in sys.modules if m.startswith(('gro_kernels.integrations', "
