@@ -55,7 +55,8 @@ def test_quick_study_numbers_are_sane(quick):
         if method.startswith("hybrid"):
             online -= int(rows["offline_dpo"]["sampled_tokens"])  # the same pool, charged up front
         if method != "offline_dpo":  # the budget is met and overshot by at most one step's tokens
-            per_step = study["trainer"]["prompts_per_step"] * study["trainer"]["num_generations"] * 4
+            t = {**study["trainer"], **study["tasks"]["sort"]["trainer"]}
+            per_step = t["prompts_per_step"] * t["num_generations"] * t["max_new_tokens"]
             assert budget <= online < budget + per_step, (method, online)
     # every run starts from the same initial policy (same seed) and is evaluated on the same prompts
     assert len({r["initial_reward"] for r in rows.values()}) == 1
@@ -84,17 +85,17 @@ def test_held_out_prompts_are_unseen(task):
 
 def test_replay_sampler_returns_the_pooled_answers():
     study = load(DEFAULT_CONFIG, quick=True)
-    study["tasks"]["sort"]["budget_tokens"] = 256  # 1 nominal step: 8 prompts
+    study["tasks"]["sort"]["budget_tokens"] = 384  # 1 nominal step: 16 prompts
     train, _, reward, sizes = study_run.task_setup(study, "sort")
     model, tok = study_run.initial_model(study, 0)
     t = sizes["trainer"]
     pool = pool_mod.build_pool(model.eval(), tok, train, reward, t["num_generations"], t["max_new_tokens"], 12)
     sample = pool_mod.replay_sampler(pool)
     prompt_ids = ro.encode_prompts(tok, [r["prompt"] for r in train[:2]], 12, True)
-    got = sample(model, tok, prompt_ids, t["num_generations"], temperature=1.0, top_p=1.0, max_new_tokens=4)
+    got = sample(model, tok, prompt_ids, t["num_generations"], temperature=1.0, top_p=1.0, max_new_tokens=3)
     want = torch.cat([pool.completions[tuple(ids)][0] for ids in prompt_ids])
     width = got.completion_ids.shape[1]
     assert torch.equal(got.completion_ids, want[:, :width])
     assert pool.tokens > 0 and all(p["chosen"] != p["rejected"] for p in pool.pairs)
     with pytest.raises(ValueError, match="num_generations=3"):
-        sample(model, tok, prompt_ids, 3, temperature=1.0, top_p=1.0, max_new_tokens=4)
+        sample(model, tok, prompt_ids, 3, temperature=1.0, top_p=1.0, max_new_tokens=3)

@@ -4,7 +4,7 @@ held-out evaluations along the way. Everything it reads comes from the study con
 import copy
 import json
 import math
-import time
+import shutil
 from pathlib import Path
 
 import torch
@@ -108,8 +108,11 @@ def run_one(study: dict, task: str, method: str, seed: int, out: Path) -> dict:
             f.write(json.dumps(row) + "\n")
     last = curve[-1]
     tail = train_rewards[-max(1, len(train_rewards) // 10):]
-    return {"task": task, "method": method, "seed": seed, "steps": trainer.step, "sampled_tokens": tokens,
+    summary = {"task": task, "method": method, "seed": seed, "steps": trainer.step, "sampled_tokens": tokens,
             "wall_s": wall, "final_accuracy": last["eval_accuracy"], "final_reward": last["eval_reward"],
             "kl_to_initial": last["kl_to_initial"], "entropy": last["entropy"],
             "initial_accuracy": curve[0]["eval_accuracy"], "initial_reward": curve[0]["eval_reward"],
             "train_reward_last10pct": sum(tail) / len(tail) if tail else None}
+    shutil.rmtree(run_dir / "trainer", ignore_errors=True)  # the trainer's per-step log: curve.jsonl keeps the part used
+    (run_dir / "summary.json").write_text(json.dumps(summary) + "\n")  # a study cut short keeps its finished runs
+    return summary
