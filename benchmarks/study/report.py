@@ -61,18 +61,18 @@ def cells(rows):
 
 
 def write_table(rows, out: Path, seeds: int) -> str:
-    head = ("| task | method | held-out accuracy | held-out reward | KL to initial | entropy | sampled tokens | "
+    head = ("| task | method | seeds | held-out accuracy | held-out reward | KL to initial | entropy | sampled tokens | "
             "train wall s |")
-    lines = [f"Mean ± std over {seeds} seed(s); held-out metrics after the last update (greedy answers for "
+    lines = [f"Mean ± std over the seeds of each cell (up to {seeds}); held-out metrics after the last update (greedy answers for "
              "accuracy/reward; KL and entropy per token on sampled answers). Sampled tokens include the offline "
-             "pool for offline_dpo and hybrid_*.", "", head, "|" + "---|" * 8]
+             "pool for offline_dpo and hybrid_*.", "", head, "|" + "---|" * 9]
     for (task, method), group in cells(rows).items():
         fmt = []
         for key, digits in (("final_accuracy", 3), ("final_reward", 3), ("kl_to_initial", 3), ("entropy", 3),
                             ("sampled_tokens", 0), ("wall_s", 1)):
             m, s = mean_std([g[key] for g in group])
             fmt.append(f"{m:.{digits}f} ± {s:.{digits}f}")
-        lines.append(f"| {task} | {method} | " + " | ".join(fmt) + " |")
+        lines.append(f"| {task} | {method} | {len(group)} | " + " | ".join(fmt) + " |")
     text = "\n".join(lines) + "\n"
     (out / "table.md").write_text(text)
     return text
@@ -85,6 +85,19 @@ def _curves(out: Path, task: str, method: str):
     return runs
 
 
+# 13 methods: ten tab10 colours, then three dark ones; dashed lines for the runs that use the offline pool.
+_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf", "#000000", "#555555", "#003f5c")
+
+
+def _color(i):
+    return _COLORS[i % len(_COLORS)]
+
+
+def _style(method):
+    return "--" if method.startswith(("hybrid", "offline")) else "-"
+
+
 def plot(rows, out: Path, methods, tasks):
     import matplotlib
 
@@ -93,11 +106,12 @@ def plot(rows, out: Path, methods, tasks):
 
     panels = (("sampled_tokens", "eval_reward", "held-out reward vs sampled tokens"),
               ("wall_s", "eval_reward", "held-out reward vs train wall time (s)"),
+              ("step", "eval_reward", "held-out reward vs update step"),
+              ("sampled_tokens", "eval_accuracy", "held-out accuracy (exact) vs sampled tokens"),
               ("sampled_tokens", "kl_to_initial", "KL(policy || initial) per token"),
               ("sampled_tokens", "entropy", "policy entropy per token"))
-    colors = plt.get_cmap("tab20")
     for task in tasks:
-        fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+        fig, axes = plt.subplots(2, 3, figsize=(18, 9))
         for i, method in enumerate(methods):
             runs = _curves(out, task, method)
             if not runs:
@@ -107,9 +121,9 @@ def plot(rows, out: Path, methods, tasks):
                 xs = [statistics.fmean(r[k][x] for r in runs) for k in range(n)]
                 ys = [[r[k][y] for r in runs] for k in range(n)]
                 mid = [statistics.fmean(v) for v in ys]
-                ax.plot(xs, mid, color=colors(i), label=method, marker=".")
+                ax.plot(xs, mid, color=_color(i), linestyle=_style(method), label=method, marker=".")
                 if len(runs) > 1:  # spread over seeds: min to max
-                    ax.fill_between(xs, [min(v) for v in ys], [max(v) for v in ys], color=colors(i), alpha=0.12)
+                    ax.fill_between(xs, [min(v) for v in ys], [max(v) for v in ys], color=_color(i), alpha=0.1)
                 ax.set_title(title)
                 ax.set_xlabel(x.replace("_", " "))
         axes.flat[0].legend(fontsize=7, ncol=2)
@@ -122,7 +136,7 @@ def plot(rows, out: Path, methods, tasks):
     for ax, task in zip(axes.flat, tasks):
         names = [m for m in methods if (task, m) in table]
         stats = [mean_std([g["final_accuracy"] for g in table[(task, m)]]) for m in names]
-        ax.bar(range(len(names)), [s[0] for s in stats], yerr=[s[1] for s in stats], color=[colors(methods.index(m))
+        ax.bar(range(len(names)), [s[0] for s in stats], yerr=[s[1] for s in stats], color=[_color(methods.index(m))
                                                                                                for m in names])
         ax.set_xticks(range(len(names)), names, rotation=70, fontsize=8)
         ax.set_title(f"{task}: held-out accuracy (mean ± std)")
