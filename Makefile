@@ -58,6 +58,13 @@ bench: setup setup-peers
 demo: setup
 	$(PY) -m gro_kernels.trainer.cli --config examples/demo_sort.yaml --set overwrite_output_dir=true
 
+# Empirical study (benchmarks/study/config.yaml holds every knob): every GRO preset/mode on three toy verifiable
+# tasks, 3 seeds, equal sampled-token budgets; table and plots in benchmarks/results/study/. `make test` runs its
+# --quick variant (tests/test_study_quick.py).
+.PHONY: study
+study: setup
+	$(PY) -m benchmarks.study
+
 # GPU check (benchmarks/gpu_check.py, <= 8 minutes on one GPU; installs nothing, uses the preinstalled torch):
 # builds the extension for the device, runs tests/device on it and the bf16 benchmarks at real LM-head shapes;
 # results in benchmarks/results/gpu/ (GRO_GPU_CHECK_OUT). GRO_GPU_CHECK_DRY=1: the CPU dry run (< 2 minutes,

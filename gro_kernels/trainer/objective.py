@@ -228,14 +228,19 @@ def micro_loss(tr, batch, rows: List[int], norms: dict):
     if preset.has_offline:
         weights["offline_weight"] = int((~on).sum()) / max(norms["offline_rows"], 1)  # pair/row mean per call
     inputs["mask"] = r.completion_mask[idx]
+    # The mixing weight scales the offline term of the loss only; `weights` (returned) stay the row shares,
+    # so the per-row metrics keep averaging to mini-batch values (accumulate).
+    scaled = dict(weights)
+    if preset.rows == "mixed":
+        scaled["offline_weight"] = weights["offline_weight"] * tr.config.offline_weight
     if tr.config.padding_free:
         packed = packing.pack(ids, attention, r.completion_mask[idx], r.prompt_width)
         inputs = {k: packing.flatten(v, packed.keep) for k, v in inputs.items()}
         out = tr.loss_module(packed.input_ids, targets=packed.targets, targets_index=packed.index,
-                             position_ids=packed.position_ids, cu_seqlens=packed.cu_seqlens, **weights, **inputs)
+                             position_ids=packed.position_ids, cu_seqlens=packed.cu_seqlens, **scaled, **inputs)
     else:
         out = tr.loss_module(ids, attention, targets=targets, first_position=r.prompt_width - 1,
-                             position_ids=policy.position_ids(attention), **weights, **inputs)
+                             position_ids=policy.position_ids(attention), **scaled, **inputs)
     if "kl" not in out.metrics and "ref_logprobs" in inputs:  # preference presets report no KL of their own
         m = inputs["mask"]
         k3 = gro_kernels.kl_penalty(out.logprobs, inputs["ref_logprobs"], estimator="k3")
