@@ -7,7 +7,8 @@ Families: linear_logprobs (the fused primitive vs bare GEMMs, naive and the peer
 vs bare GEMMs, naive and Liger), both with a row per method and dtype of --dtypes in one table; ragged
 (a long-tailed GRPO batch padded vs packed vs the dense floor, fp32 and bf16); vocab_parallel (per-rank
 memory with the head sharded over 1-3 gloo ranks, fp32), trainer (GRO trainer steps, fused vs
-materialized loss), roofline (the Triton kernels on paper).
+materialized loss), trl (TRL GRPOTrainer steps: TRL's head vs gro tier 1 vs tier 2), roofline (the Triton
+kernels on paper).
 Each family's table is printed once, when it finishes; a progress bar (stderr) follows the long loops.
 Writes <out>/summary.md (every table, with the environment it was measured in) and the per-family
 CSV/JSON files and PNG plots. `make bench` runs it after installing the package and the optional peers.
@@ -18,8 +19,8 @@ import json
 import os
 import time
 
-from benchmarks import (bench_linear_logprobs, bench_losses, bench_ragged, bench_trainer, bench_vocab_parallel, common,
-                        roofline)
+from benchmarks import (bench_linear_logprobs, bench_losses, bench_ragged, bench_trainer, bench_trl,
+                        bench_vocab_parallel, common, roofline)
 
 
 def _linear_logprobs(args):
@@ -53,13 +54,23 @@ def _trainer(args):
     return "GRO trainer step (fused vs materialized loss)", table + "\n\n" + line
 
 
+def _trl(args):
+    options = (["--quick"] if args.quick else []) + [f"--repeats={args.repeats}", f"--dtypes={','.join(args.dtypes)}",
+                                                     f"--out={args.out}/trl_grpo"]
+    bench_args = bench_trl.parse_args(options)
+    rows = bench_trl.run(bench_args)
+    common.write_csv(bench_args.out + ".csv", rows)
+    title = "TRL GRPO training step: TRL's head vs gro tier 1 vs tier 2 (gro_loss=True)"
+    return title, bench_trl.markdown(bench_args, rows)
+
+
 def _roofline(args):
     return "Triton kernels on H100/H200 (paper roofline, not measured here)", roofline.markdown(roofline.rows())
 
 
 FAMILIES = {"linear_logprobs": _linear_logprobs, "losses": _losses, "ragged": _ragged,
             "vocab_parallel": _vocab_parallel,
-            "trainer": _trainer, "roofline": _roofline}
+            "trainer": _trainer, "trl": _trl, "roofline": _roofline}
 
 
 def _write_summary(out, sections):

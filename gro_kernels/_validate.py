@@ -149,6 +149,13 @@ def check_head_options(temperature, ignore_index, chunk_size):
     check_chunk_size(chunk_size)
 
 
+def check_logit_transform(final_logit_softcapping, logit_scale):
+    """The head's logit transforms (math §1): softcap None or a finite c > 0; logit_scale a finite s > 0."""
+    if final_logit_softcapping is not None:
+        require_positive_finite("final_logit_softcapping", final_logit_softcapping)
+    require_positive_finite("logit_scale", logit_scale)
+
+
 def check_chunk_size(chunk_size):
     if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size <= 0):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")

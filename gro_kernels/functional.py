@@ -7,6 +7,7 @@ collective, so a bad shard, offset or input on any rank raises a clear error on 
 leaving the others waiting in the next collective. The math: docs/math.md §1.
 """
 
+import contextlib
 from typing import NamedTuple, Optional
 
 import torch
@@ -20,8 +21,9 @@ from .ops.linear_logprobs import function as _lp
 def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                     bias: Optional[torch.Tensor] = None, *, temperature: float = 1.0, ignore_index: int = -100,
                     return_entropy: bool = False, backend: str = "auto", chunk_size: Optional[int] = None,
-                    process_group=None, vocab_start: Optional[int] = None, cu_seqlens: Optional[torch.Tensor] = None):
-    """Log-probabilities of `targets` under softmax((hidden @ weight.T + bias) / temperature).
+                    process_group=None, vocab_start: Optional[int] = None, cu_seqlens: Optional[torch.Tensor] = None,
+                    final_logit_softcapping: Optional[float] = None, logit_scale: float = 1.0):
+    """Log-probabilities of `targets` under softmax(transform(hidden @ weight.T + bias) / temperature).
 
     Never materializes the [N, V] logits (except backend="naive"). Differentiable w.r.t. hidden,
     weight and bias for any upstream gradient on logprobs and entropy (docs/math.md §1).
@@ -32,7 +34,10 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
         targets: [N] or [B, T] integer ids (hidden's leading shape); `ignore_index` rows give 0 and
             zero gradient.
         bias: [V] or None.
-        temperature: > 0; logits are divided by it.
+        temperature: > 0; logits are divided by it (after the transforms below).
+        final_logit_softcapping: None (off) or c > 0: logits -> c * tanh(logits / c) (Gemma 2/3), with its
+            exact gradient; chunked or naive backend only (backend="triton" raises; "auto" picks chunked).
+        logit_scale: > 0, logits are multiplied by it first (Cohere's logit_scale, Granite's 1/logits_scaling).
         return_entropy: also return the entropy of each row's distribution.
         backend: "auto" | "chunked" | "triton" | "naive" (GRO_BACKEND overrides "auto").
         chunk_size: rows per chunk of the chunked backend (None: sized to a bounded buffer).
@@ -45,18 +50,56 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
             non-decreasing, last = N), so callers can pass one layout everywhere. The head is row-wise, so
             it only checks them (hidden must be [N, H], targets [N]) and otherwise runs as on [N, H].
 
+    Under torch.autocast the head GEMMs run in the autocast dtype: hidden, weight and bias are cast to it
+    (as autocast casts a plain nn.Linear's inputs), and the kernels run with autocast off.
+
     Returns:
         logprobs fp32 of hidden's leading shape, or (logprobs, entropy) with return_entropy.
     """
     if cu_seqlens is not None:
         v.check_packed_head(hidden, targets, cu_seqlens)
+    hidden, weight, bias = _autocast_inputs(hidden, weight, bias)
     if process_group is not None or vocab_start is not None:
-        return _linear_logprobs_vocab_parallel(hidden, weight, targets, bias, process_group, vocab_start,
-                                               temperature=temperature, ignore_index=ignore_index,
-                                               return_entropy=return_entropy, backend=backend, chunk_size=chunk_size)
+        if final_logit_softcapping is not None:
+            raise ValueError("final_logit_softcapping is not supported with process_group= (the vocabulary-parallel "
+                             "head has no softcap epilogue); pass final_logit_softcapping=None")
+        v.check_logit_transform(final_logit_softcapping, logit_scale)
+        v.require_positive_finite("temperature", temperature)
+        with _autocast_off(hidden):
+            return _linear_logprobs_vocab_parallel(hidden, weight, targets, bias, process_group, vocab_start,
+                                                   temperature=temperature / logit_scale, ignore_index=ignore_index,
+                                                   return_entropy=return_entropy, backend=backend,
+                                                   chunk_size=chunk_size)
     call = check_head_call(hidden, weight, targets, bias, temperature=temperature, ignore_index=ignore_index,
-                           chunk_size=chunk_size, backend=backend)
-    return checked_logprobs(call, return_entropy=return_entropy)
+                           chunk_size=chunk_size, backend=backend, final_logit_softcapping=final_logit_softcapping,
+                           logit_scale=logit_scale)
+    with _autocast_off(hidden):
+        return checked_logprobs(call, return_entropy=return_entropy)
+
+
+def _autocast_on(hidden) -> bool:
+    if not isinstance(hidden, torch.Tensor):
+        return False
+    try:
+        return torch.is_autocast_enabled(hidden.device.type)
+    except RuntimeError:  # a device type autocast does not know (meta): no autocast there
+        return False
+
+
+def _autocast_inputs(hidden, weight, bias):
+    """hidden, weight, bias in the autocast dtype of hidden's device when autocast is on there (else unchanged)."""
+    if not _autocast_on(hidden):
+        return hidden, weight, bias
+    dtype = torch.get_autocast_dtype(hidden.device.type)
+    cast = lambda t: t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t  # noqa: E731
+    return cast(hidden), cast(weight), cast(bias)
+
+
+def _autocast_off(hidden):
+    """The kernels' own GEMMs (fp32 accumulators, fp32 dweight) must not be re-cast by an enclosing autocast."""
+    if _autocast_on(hidden):
+        return torch.autocast(hidden.device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 class HeadCall(NamedTuple):
@@ -71,10 +114,13 @@ class HeadCall(NamedTuple):
     temperature: float
     ignore_index: int
     chunk_size: Optional[int]
+    final_logit_softcapping: Optional[float] = None
+    logit_scale: float = 1.0
 
 
 def check_head_call(hidden, weight, targets, bias=None, *, temperature=1.0, ignore_index=-100, chunk_size=None,
-                    backend="auto", sharded=False) -> HeadCall:
+                    backend="auto", sharded=False, final_logit_softcapping=None, logit_scale=1.0,
+                    with_stats=False) -> HeadCall:
     """Every check of an LM-head call, in one place: tensors, scalar options, GRO_CHUNK_SIZE, the backend and
     whether it can run on these tensors, and (eagerly) the target range.
 
@@ -85,13 +131,21 @@ def check_head_call(hidden, weight, targets, bias=None, *, temperature=1.0, igno
     """
     hidden, weight, targets, bias, lead_shape = v.check_linear_inputs(hidden, weight, targets, bias)
     v.check_head_options(temperature, ignore_index, chunk_size)
+    v.check_logit_transform(final_logit_softcapping, logit_scale)
     resolved = _lp.resolve_backend(backend, hidden.device, hidden_size=None if sharded else weight.shape[1])
+    if resolved == "triton" and (final_logit_softcapping is not None or with_stats):
+        # The tiled Triton kernels have no softcap or statistics epilogue; chunked has both.
+        what = "final_logit_softcapping" if final_logit_softcapping is not None else "the head statistics"
+        if backend == "triton":
+            raise ValueError(f"{what} is not supported by backend='triton'; use backend='chunked' or 'auto'")
+        resolved = "chunked"
     if resolved == "triton":
         v.require_triton_device("hidden", hidden, "backend='triton'" if backend == "triton" else
                                 "GRO_BACKEND=triton (with backend='auto')")
     if not sharded and v.checking_values():
         v.check_target_range(targets, weight.shape[0], ignore_index)
-    return HeadCall(hidden, weight, targets, bias, lead_shape, resolved, temperature, ignore_index, chunk_size)
+    return HeadCall(hidden, weight, targets, bias, lead_shape, resolved, temperature, ignore_index, chunk_size,
+                    final_logit_softcapping, logit_scale)
 
 
 def check_head_options(*, temperature=1.0, ignore_index=-100, chunk_size=None, backend="auto"):
@@ -106,7 +160,8 @@ def checked_logprobs(call: HeadCall, *, return_entropy: bool = False):
     logprobs, entropy = _lp.linear_logprobs_op(call.hidden, call.weight, call.bias, call.targets,
                                                temperature=call.temperature, ignore_index=call.ignore_index,
                                                with_entropy=return_entropy, chunk_size=call.chunk_size,
-                                               backend=call.backend)
+                                               backend=call.backend, softcap=call.final_logit_softcapping,
+                                               logit_scale=call.logit_scale)
     logprobs = logprobs.reshape(call.lead_shape)
     return (logprobs, entropy.reshape(call.lead_shape)) if return_entropy else logprobs
 
@@ -119,6 +174,62 @@ def linear_logprobs_no_grad(hidden, weight, targets, bias=None, **options):
     """
     with torch.no_grad():
         return linear_logprobs(hidden, weight, targets, bias, **options)
+
+
+class HeadOutputs(NamedTuple):
+    """Per-token outputs of linear_head_outputs (leading shape of hidden); a field not requested is None."""
+
+    log_probs: torch.Tensor
+    entropy: Optional[torch.Tensor]
+    log_sum_sq_probs: Optional[torch.Tensor]
+    mean_logits: Optional[torch.Tensor]
+    is_top1: Optional[torch.Tensor]
+
+
+HEAD_OUTPUTS = HeadOutputs._fields
+
+
+def linear_head_outputs(hidden, weight, targets, bias=None, *, outputs=("log_probs",), temperature=1.0,
+                        ignore_index=-100, final_logit_softcapping=None, logit_scale=1.0, backend="auto",
+                        chunk_size=None) -> HeadOutputs:
+    """linear_logprobs plus the per-token statistics trainers log, from one pass over the logits.
+
+    Args: as linear_logprobs (unsharded), and
+        outputs: names among HEAD_OUTPUTS: "log_probs" (always computed), "entropy" (differentiable, as
+            linear_logprobs'), and the no-grad statistics of docs/math.md §1 over the transformed, temperature-
+            scaled logits z: "mean_logits" (mean_v z_v), "log_sum_sq_probs" (log sum_v p_v^2), "is_top1"
+            (bool: the target is the first argmax). Ignored rows give 0 / False.
+
+    Returns:
+        HeadOutputs; fields not in `outputs` are None. The statistics need the chunked or naive backend
+        (backend="auto" picks chunked; backend="triton" raises naming them).
+    """
+    if isinstance(outputs, str) or not isinstance(outputs, (tuple, list)):
+        raise TypeError(f"outputs must be a tuple of names among {HEAD_OUTPUTS}, got {outputs!r}")
+    unknown = [o for o in outputs if o not in HEAD_OUTPUTS]
+    if unknown:
+        raise ValueError(f"outputs has unknown names {unknown}; expected names among {HEAD_OUTPUTS}")
+    stats_wanted = any(o in outputs for o in ("log_sum_sq_probs", "mean_logits", "is_top1"))
+    hidden, weight, bias = _autocast_inputs(hidden, weight, bias)
+    call = check_head_call(hidden, weight, targets, bias, temperature=temperature, ignore_index=ignore_index,
+                           chunk_size=chunk_size, backend=backend, final_logit_softcapping=final_logit_softcapping,
+                           logit_scale=logit_scale, with_stats=stats_wanted)
+    with_entropy = "entropy" in outputs
+    with _autocast_off(hidden):
+        result = _lp.linear_logprobs_op(call.hidden, call.weight, call.bias, call.targets,
+                                        temperature=call.temperature, ignore_index=call.ignore_index,
+                                        with_entropy=with_entropy, chunk_size=call.chunk_size, backend=call.backend,
+                                        softcap=call.final_logit_softcapping, logit_scale=call.logit_scale,
+                                        with_stats=stats_wanted)
+    shape = call.lead_shape
+    log_probs, entropy = result[0].reshape(shape), result[1].reshape(shape) if with_entropy else None
+    stats = {}
+    if stats_wanted:
+        mean, log_sum_sq, top1 = result[2]
+        stats = dict(mean_logits=mean.reshape(shape), log_sum_sq_probs=log_sum_sq.reshape(shape),
+                     is_top1=top1.reshape(shape).bool())
+    pick = lambda name: stats[name] if name in outputs else None  # noqa: E731
+    return HeadOutputs(log_probs, entropy, pick("log_sum_sq_probs"), pick("mean_logits"), pick("is_top1"))
 
 
 def selected_backend(device="cpu", backend: str = "auto", hidden_size: Optional[int] = None) -> str:

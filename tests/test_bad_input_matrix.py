@@ -183,6 +183,13 @@ CASES += _cases("linear_logprobs", [
     ("[B, T, H] batch with ignore_index rows", lambda: lp(hidden=HID, targets=Y.masked_fill(Y > 8, -100)), OK),
     ("GRO_CHUNK_SIZE=5 (not dividing N)", lambda: lp(), OK, {"GRO_CHUNK_SIZE": "5"}),
     ("backend='naive', return_entropy=True", lambda: lp(backend="naive", return_entropy=True), OK),
+    ("final_logit_softcapping=0.0", lambda: lp(final_logit_softcapping=0.0),
+     raises(ValueError, r"final_logit_softcapping must be finite and > 0, got 0.0")),
+    ("logit_scale=-1.0", lambda: lp(logit_scale=-1.0), raises(ValueError, r"logit_scale must be finite and > 0")),
+    ("final_logit_softcapping=30.0, backend='triton'", lambda: lp(final_logit_softcapping=30.0, backend="triton"),
+     raises(ValueError, r"final_logit_softcapping is not supported by backend='triton'")),
+    ("final_logit_softcapping=30.0, logit_scale=0.5, temperature=0.7",
+     lambda: lp(final_logit_softcapping=30.0, logit_scale=0.5, temperature=0.7), OK),
 ])
 
 CU = torch.tensor([0, 5, 5, 6, 12])  # a packed batch of B = 4 sequences over H2's N = 12 rows (one empty)
@@ -370,6 +377,32 @@ CASES += _cases("policy_loss", [
     ("global_token_count=0-d tensor", lambda: pl(loss_type="dapo", global_token_count=torch.tensor(7.0)), OK),
     ("NaN old logprob in a live token (loss NaN, not dropped)", lambda: pl(old_logprobs=LP.masked_fill(LP < -0.5, NAN)),
      OK),
+])
+
+# issue #16 (policy side): the TRL / verl policy options
+CASES += _cases("policy_loss", [
+    ("loss_mode='bypass_mode' (verl)", lambda: pl(loss_mode="bypass_mode"),
+     raises(ValueError, r"loss_mode='bypass_mode' \(verl\) is not implemented")),
+    ("loss_agg_mode='mean'", lambda: pl(loss_agg_mode="mean"), raises(ValueError, r"loss_agg_mode must be one of")),
+    ("loss_agg_mode= and loss_type=", lambda: pl(loss_agg_mode="token-mean", loss_type="dapo"),
+     raises(ValueError, r"loss_agg_mode='token-mean' and loss_type='dapo' both set the aggregation")),
+    ("kl_loss_type='k9'", lambda: pl(kl_loss_type="k9"), raises(ValueError, r"kl_loss_type must be one of")),
+    ("delta=1.0", lambda: pl(delta=1.0), raises(ValueError, r"delta must be > 1")),
+    ("loss_mode='dro' without dro_beta=", lambda: pl(loss_mode="dro"),
+     raises(ValueError, r"surrogate='dro' needs dro_beta=")),
+    ("top_entropy_quantile=0", lambda: pl(top_entropy_quantile=0.0, entropy=ENT),
+     raises(ValueError, r"top_entropy_quantile must be in \(0, 1\]")),
+    ("top_entropy_quantile=0.2 without entropy=", lambda: pl(top_entropy_quantile=0.2),
+     raises(ValueError, r"top_entropy_quantile < 1 needs entropy=")),
+    ("vllm_importance_sampling_mode without rollout_logprobs=",
+     lambda: pl(old_logprobs=REF, vllm_importance_sampling_mode="token_mask"),
+     raises(ValueError, r"needs old_logprobs= and rollout_logprobs=")),
+    ("clip_ratio_c=2 with loss_mode='gpg'", lambda: pl(loss_mode="gpg", clip_ratio_c=2.0),
+     raises(ValueError, r"clip_ratio_c applies to loss_mode 'vanilla'")),
+    ("an unknown peer option", lambda: pl(sapo_temp=1.0),
+     raises(TypeError, r"policy_loss got unexpected keyword argument\(s\) \['sapo_temp'\]")),
+    ("loss_mode='geo_mean', kl_loss_type='k3+'", lambda: pl(loss_mode="geo_mean",
+                                                                            kl_loss_type="k3+"), OK),
 ])
 
 CASES += _cases("preference_loss", [

@@ -78,6 +78,8 @@ GRAPH = {name: sorted(set(_imports(path))) for name, path in MODULES.items()}
 # ops/<op> -> ops/common, _ext. presets and _validate sit below the loss layer.
 ALLOWED = {
     "gro_kernels.trainer": ("gro_kernels.trainer",),
+    # integrations: the public face (like trainer), plus functional for the head with its statistics
+    "gro_kernels.integrations": ("gro_kernels.integrations", "gro_kernels.functional"),
     "gro_kernels.modules": ("gro_kernels.losses", "gro_kernels.functional", "gro_kernels.presets"),
     "gro_kernels.losses": ("gro_kernels.losses", "gro_kernels.functional", "gro_kernels.ops.", "gro_kernels.presets",
                            "gro_kernels._validate", "gro_kernels._ext"),
@@ -87,6 +89,10 @@ ALLOWED = {
     "gro_kernels._ext": (),
     "gro_kernels.ops.common": ("gro_kernels.ops.common", "gro_kernels._ext"),
 }
+
+
+# Layers that sit on the public names (`import gro_kernels`) and nothing below them.
+PUBLIC_ONLY = ("gro_kernels.trainer", "gro_kernels.integrations")
 
 
 def _layer(module):
@@ -109,7 +115,7 @@ def test_imports_point_one_way():
             continue
         allowed = _allowed(layer)
         for target in targets:
-            trainer_public = layer == "gro_kernels.trainer" and target == "gro_kernels"
+            trainer_public = layer in PUBLIC_ONLY and target == "gro_kernels"
             if not trainer_public and not any(target == a or target.startswith(a.rstrip(".") + ".") or
                                               (a.endswith(".") and target.startswith(a)) for a in allowed):
                 bad.append(f"{module} imports {target}")
@@ -171,3 +177,23 @@ def test_trainer_uses_only_the_public_api():
                 assert not target.startswith("gro_kernels._"), f"{module} imports private {target}"
                 assert target == "gro_kernels" or target.startswith("gro_kernels.trainer"), \
                     f"{module} imports {target}, not a public name"
+
+
+def test_nothing_imports_integrations_and_import_loads_no_framework():
+    """gro_kernels.integrations is optional: no other module imports it, and `import gro_kernels` loads
+    neither it nor trl / transformers."""
+    bad = [m for m, targets in GRAPH.items() if not m.startswith("gro_kernels.integrations")
+           and any(t.startswith("gro_kernels.integrations") for t in targets)]
+    assert not bad, f"modules importing gro_kernels.integrations: {bad}"
+    code = ("import sys, gro_kernels; loaded = [m for m in ('trl', 'transformers', 'gro_kernels.integrations') "
+            "if m in sys.modules]; print(loaded)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", (out.stdout, out.stderr)
+
+
+def test_import_loads_no_integration():
+    """gro_kernels.integrations (and the trainers it wraps) load only when asked for: they are optional."""
+    code = ("import sys, gro_kernels; loaded = [m for m in sys.modules if m.startswith(('gro_kernels.integrations', "
+            "'trl', 'verl', 'transformers'))]; print(loaded)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -109,6 +109,7 @@ def group_index(batch, group_ids, group_size, device):
     if group_ids is not None and group_size is not None:
         raise ValueError("pass either group_ids or group_size, not both")
     if group_ids is not None:
+        group_ids = _uid_index(group_ids)
         v.require_tensor("group_ids", group_ids)
         if group_ids.dim() != 1 or group_ids.shape[0] != batch:
             raise ValueError(f"group_ids must give a group to every row: shape ({batch},), got "
@@ -130,6 +131,27 @@ def group_index(batch, group_ids, group_size, device):
                          f"got {sizes.tolist()}")
     index = torch.repeat_interleave(torch.arange(sizes.shape[0]), sizes).to(device)
     return index, sizes.shape[0]
+
+
+def _uid_index(group_ids):
+    """Group ids given as a list / tuple / numpy array of hashable uids (verl passes a numpy object array of uid
+    strings) -> int64 ids numbered by first appearance; a tensor passes through. Only rows with equal uids share
+    a group, so the numbering does not change any advantage."""
+    if isinstance(group_ids, torch.Tensor) or not (isinstance(group_ids, (list, tuple)) or
+                                                   type(group_ids).__module__ == "numpy"):
+        return group_ids
+    if getattr(group_ids, "ndim", 1) != 1:
+        raise ValueError(f"group_ids as an array must be 1-D (one uid per row), got shape {group_ids.shape}")
+    numbers = {}
+    uids = group_ids.tolist() if hasattr(group_ids, "tolist") else list(group_ids)
+    try:
+        ids = [numbers.setdefault(uid, len(numbers)) for uid in uids]
+    except TypeError as err:  # an unhashable uid (a list, ...)
+        raise TypeError(f"group_ids uids must be hashable (str or int), got {err}") from None
+    bad = [uid for uid in numbers if isinstance(uid, float) or uid is None]
+    if bad:
+        raise TypeError(f"group_ids uids must be str or int, got {bad[0]!r}")
+    return torch.tensor(ids, dtype=torch.int64)
 
 
 def _group_sizes(group_size):

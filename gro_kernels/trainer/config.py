@@ -27,7 +27,8 @@ ONLINE_PART = ("online", "rejection_sampling", "hybrid")
 # Fields that only some modes read: set (to anything but the default) in another mode they would do nothing.
 MODE_ONLY = {"rejection_keep": ("rejection_sampling",), "rejection_min_reward": ("rejection_sampling",),
              "ref_refresh_steps": ("iterative_dpo",), "offline_per_step": ("hybrid",), "offline_preset": ("hybrid",),
-             "offline_file": ("hybrid",), "epsilon": ONLINE_PART, "epsilon_high": ONLINE_PART}
+             "offline_file": ("hybrid",), "offline_weight": ("hybrid",),
+             "epsilon": ONLINE_PART, "epsilon_high": ONLINE_PART}
 
 
 @dataclass
@@ -60,6 +61,7 @@ class GROConfig:
     ref_refresh_steps: int = 1         # iterative DPO: steps per round (reference := policy each round)
     offline_per_step: int = 4          # hybrid: offline records mixed into each batch
     offline_preset: str = "dpo"        # hybrid: GRO preset of the offline rows
+    offline_weight: float = 1.0        # hybrid: loss = online mean + offline_weight * offline mean (the mixing weight)
 
     # Sampling.
     temperature: float = 1.0
@@ -197,7 +199,7 @@ def _check_numbers(c: GROConfig):
             _positive(name, getattr(c, name))
     if not 0.0 < c.top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {c.top_p}")
-    for name in ("beta", "epsilon", "epsilon_high", "weight_decay"):
+    for name in ("beta", "epsilon", "epsilon_high", "weight_decay", "offline_weight"):
         if getattr(c, name) is not None:
             _nonnegative(name, getattr(c, name))
     if c.rejection_min_reward is not None and not math.isfinite(c.rejection_min_reward):

@@ -125,7 +125,7 @@ def prepare(tr, batch):
                 inputs["token_kl"] = gro_kernels.kl_penalty(batch.old_logprobs, batch.ref_logprobs, estimator="k1")
         elif mode == "remax":
             inputs["baseline"] = rows["baseline"]
-        adv = _advantages(inputs, mode, scale, preset.kl_coef, tr.dp)
+        adv = _advantages(inputs, mode, scale, preset.kl_coef, tr.dp, eps=preset.advantage_eps)
         if online is not None:
             adv = torch.where(online if adv.dim() == 1 else online[:, None], adv, 0.0)
         rows["advantages"] = adv
@@ -139,9 +139,10 @@ def prepare(tr, batch):
         rows["kto_z0"] = (total[0] / total[1]).clamp(min=0.0)
 
 
-def _advantages(inputs: dict, mode: str, scale: str, kl_coef: float, dp) -> torch.Tensor:
+def _advantages(inputs: dict, mode: str, scale: str, kl_coef: float, dp, eps: float = 1e-6) -> torch.Tensor:
     """group_advantages of this rank's rows. Data-parallel: computed on the union of every rank's rows
-    (group ids made distinct per rank), so batch-wide statistics are global, then this rank's slice."""
+    (group ids made distinct per rank), so batch-wide statistics are global, then this rank's slice.
+    eps: the preset's advantage_eps (TRL's 1e-4 for the TRL presets), as gro_loss would use."""
     start, count = 0, inputs["rewards"].shape[0]
     width = inputs["mask"].shape[1] if "mask" in inputs else None
     if dp.enabled:
@@ -159,7 +160,7 @@ def _advantages(inputs: dict, mode: str, scale: str, kl_coef: float, dp) -> torc
     elif mode == "remax":
         kwargs = dict(baseline=inputs["baseline"])
     adv = gro_kernels.group_advantages(inputs["rewards"], group_ids=inputs["group_ids"], mode=mode,
-                                       scale_rewards=scale, **kwargs)
+                                       scale_rewards=scale, eps=eps, **kwargs)
     adv = adv[start:start + count]
     return adv if adv.dim() == 1 else adv[:, :width]
 
@@ -227,14 +228,19 @@ def micro_loss(tr, batch, rows: List[int], norms: dict):
     if preset.has_offline:
         weights["offline_weight"] = int((~on).sum()) / max(norms["offline_rows"], 1)  # pair/row mean per call
     inputs["mask"] = r.completion_mask[idx]
+    # The mixing weight scales the offline term of the loss only; `weights` (returned) stay the row shares,
+    # so the per-row metrics keep averaging to mini-batch values (accumulate).
+    scaled = dict(weights)
+    if preset.rows == "mixed":
+        scaled["offline_weight"] = weights["offline_weight"] * tr.config.offline_weight
     if tr.config.padding_free:
         packed = packing.pack(ids, attention, r.completion_mask[idx], r.prompt_width)
         inputs = {k: packing.flatten(v, packed.keep) for k, v in inputs.items()}
         out = tr.loss_module(packed.input_ids, targets=packed.targets, targets_index=packed.index,
-                             position_ids=packed.position_ids, cu_seqlens=packed.cu_seqlens, **weights, **inputs)
+                             position_ids=packed.position_ids, cu_seqlens=packed.cu_seqlens, **scaled, **inputs)
     else:
         out = tr.loss_module(ids, attention, targets=targets, first_position=r.prompt_width - 1,
-                             position_ids=policy.position_ids(attention), **weights, **inputs)
+                             position_ids=policy.position_ids(attention), **scaled, **inputs)
     if "kl" not in out.metrics and "ref_logprobs" in inputs:  # preference presets report no KL of their own
         m = inputs["mask"]
         k3 = gro_kernels.kl_penalty(out.logprobs, inputs["ref_logprobs"], estimator="k3")

@@ -93,7 +93,8 @@ def online_reference(preset, extra, *, kl_coef, old_key="old"):
             k1 = extra[old_key] - extra["ref"]
             adv = reinforce_pp_naive(extra["rewards"], m, group_index=GROUP_IDS, token_kl=k1, kl_coef=kl_coef)
         else:
-            adv = R.advantages(mode, extra["rewards"], GROUPS, baseline=extra["baseline"])
+            adv = R.advantages(mode, extra["rewards"], GROUPS, baseline=extra["baseline"],
+                               eps=gro_kernels.PRESETS[preset].advantage_eps)  # TRL's presets: 1e-4
         x, rho = R.policy_per_token(lp, adv, m, old=extra[old_key], ref=extra["ref"], surrogate=surrogate,
                                     eps_low=el, eps_high=eh, is_level=level,
                                     kl_coef=0.0 if preset == "reinforce_pp" else kl_coef)
@@ -162,7 +163,7 @@ def test_exact_kl_option_matches_reference():
     ours = run_ours("grpo", batch, **kw)
 
     def fn(lp, ent, m, logp):
-        adv = R.advantages("grpo", extra["rewards"], GROUPS)
+        adv = R.advantages("grpo", extra["rewards"], GROUPS, eps=1e-4)  # the grpo preset follows TRL's eps
         x, rho = R.policy_per_token(lp, adv, m, old=extra["old"])
         with torch.no_grad():
             ref_logp = torch.log_softmax(ref_hidden @ weight.detach().t() + b.detach(), -1)
@@ -224,7 +225,7 @@ def test_fully_masked_sequence_contributes_nothing():
     # the same batch without row 0 (seq-mean over the 5 other rows instead of 6: scale by 5/6)
     keep = torch.arange(1, B)
     # row 0's reward still shapes its group's advantages: pass the full-batch advantages instead
-    adv = gro_kernels.group_advantages(kw["rewards"], group_ids=GROUP_IDS)
+    adv = gro_kernels.group_advantages(kw["rewards"], group_ids=GROUP_IDS, eps=1e-4)  # the grpo preset's (TRL's) eps
     out_full = gro_kernels.gro_loss(hidden.float(), weight.float(), targets, b.float(), preset="grpo", mask=masked,
                                     advantages=adv, old_logprobs=kw["old_logprobs"], ref_logprobs=kw["ref_logprobs"],
                                     beta=0.04)
@@ -253,7 +254,8 @@ def test_all_masked_batch_gives_zero_loss_and_zero_grad(preset, grad_in_forward)
 def test_mixed_online_offline_equals_weighted_sum_of_separate_calls():
     batch = make_batch(seed=8)
     hidden, weight, b, targets, mask, extra = batch
-    cfg = gro_kernels.GROObjective(name="grpo+dpo", rows="mixed", kl_coef=0.04, preference_beta=0.2)
+    cfg = gro_kernels.GROObjective(name="grpo+dpo", rows="mixed", kl_coef=0.04, preference_beta=0.2,
+                                   advantage_eps=1e-4)  # the grpo preset's (TRL's) eps
     online = torch.tensor([True, True, True, True, False, False])
     on_rows, off_rows = torch.arange(4), torch.arange(4, 6)
     pair_ids = torch.tensor([-1, -1, -1, -1, 5, 5])  # online rows' pair ids are ignored

@@ -135,6 +135,7 @@ RUN_PROBES = {
     "ref_refresh_steps": (DPO, dict(DPO, ref_refresh_steps=2)),
     "offline_per_step": (HYBRID, dict(HYBRID, offline_per_step=1)),
     "offline_preset": (HYBRID, dict(HYBRID, offline_preset="ipo")),
+    "offline_weight": (HYBRID, dict(HYBRID, offline_weight=0.25)),
     "temperature": ({}, dict(temperature=0.5)),
     "top_p": ({}, dict(top_p=0.5)),
     "max_new_tokens": ({}, dict(max_new_tokens=3)),
@@ -269,6 +270,7 @@ def test_clip_range_given_twice_is_refused(tmp_path):
     (dict(rejection_keep=2), r"rejection_keep=2 is not used by mode 'online' \(only by 'rejection_sampling'\)"),
     (dict(ref_refresh_steps=3), r"ref_refresh_steps=3 is not used by mode 'online'"),
     (dict(offline_per_step=2), r"offline_per_step=2 is not used by mode 'online' \(only by 'hybrid'\)"),
+    (dict(offline_weight=0.5), r"offline_weight=0\.5 is not used by mode 'online' \(only by 'hybrid'\)"),
 ])
 def test_mode_only_fields_refused_elsewhere(changes, match):
     with pytest.raises(ValueError, match=match):

@@ -44,7 +44,7 @@ def reference_grpo_loss(lp, ref_lp, mask, rewards, groups, beta, eps_clip):
     for g in groups.unique():
         rows = groups == g
         r = rewards[rows]
-        adv[rows] = (r - r.mean()) / (r.std() + 1e-6)
+        adv[rows] = (r - r.mean()) / (r.std() + 1e-4)  # the grpo preset's advantage_eps (TRL's)
     ratio = torch.exp(lp - lp.detach())
     pg = -torch.minimum(ratio * adv[:, None], ratio.clamp(1 - eps_clip, 1 + eps_clip) * adv[:, None])
     d = lp - ref_lp

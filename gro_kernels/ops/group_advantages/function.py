@@ -190,6 +190,12 @@ def reinforce_pp_advantages(rewards, mask, *, index=None, groups=0, token_kl=Non
         k = torch.where(m, token_kl.to(torch.float32), 0.0)
         tail = k.flip(1).cumsum(1).flip(1)  # sum over s >= t
         ret = ret - kl_coef * tail
+    return whiten_tokens(ret, m, eps)
+
+
+def whiten_tokens(ret, m, eps: float):
+    """(x - mean) / (std + eps) over the valid tokens m of the batch (std unbiased); 0 on masked tokens and when
+    fewer than two are valid. Exact zeros for equal values (centred around their minimum)."""
     count = m.to(torch.float32).sum()
     # Whitened in units of a power of two near the largest |return| (see pow2_scale); an empty batch has none.
     scale = pow2_scale(_finite_extreme(torch.where(m, ret.abs(), 0.0), "amax", 0.0))

@@ -28,10 +28,12 @@ def default_chunk_size(n_rows: int, vocab: int) -> int:
 
 
 def forward(hidden, weight, bias, targets, *, inv_temperature, ignore_index, with_entropy, chunk_size,
-            vocab_shard=False):
+            vocab_shard=False, softcap=0.0, softcap_scale=1.0, stats=None):
     """Returns (logprobs [N] fp32, entropy [N] fp32 or empty [0], lse [N] fp32).
 
-    vocab_shard: weight/bias are one vocabulary shard (see epilogues.py); the outputs are the shard's."""
+    vocab_shard: weight/bias are one vocabulary shard (see epilogues.py); the outputs are the shard's.
+    softcap > 0: each chunk's logits go through epilogues.softcap_ (with softcap_scale) before the epilogue.
+    stats: None or a [3, N] fp32 tensor that receives epilogues.stats_torch of every row."""
     n, vocab = hidden.shape[0], weight.shape[0]
     fwd_epilogue, _, _ = epilogues.pick(hidden.device.type)
     f32 = dict(dtype=torch.float32, device=hidden.device)
@@ -44,8 +46,14 @@ def forward(hidden, weight, bias, targets, *, inv_temperature, ignore_index, wit
     for start in range(0, n, rows):
         end = min(start + rows, n)
         z = buffer.logits(hidden[start:end], weight, bias)
-        fwd_epilogue(buffer.as_fp32(z), targets[start:end], inv_temperature, ignore_index,
+        z32 = buffer.as_fp32(z)
+        if softcap:
+            epilogues.softcap_(z32, softcap, softcap_scale)
+        fwd_epilogue(z32, targets[start:end], inv_temperature, ignore_index,
                      logprobs[start:end], lse[start:end], entropy[start:end] if with_entropy else None, vocab_shard)
+        if stats is not None:
+            epilogues.stats_torch(z32, targets[start:end], inv_temperature, ignore_index, lse[start:end],
+                                  stats[:, start:end])
     return logprobs, entropy, lse
 
 
@@ -135,7 +143,7 @@ def _tile_targets(targets, v0, v1, ignore_index):
 
 def backward(grad_logprobs, grad_entropy, hidden, weight, bias, targets, lse, entropy, *,
              inv_temperature, ignore_index, chunk_size, needs_hidden, needs_weight, needs_bias, vocab_shard=False,
-             vocab_tile=None):
+             softcap=0.0, softcap_scale=1.0, vocab_tile=None):
     """Returns (dhidden or None, dweight or None, dbias or None) in the input dtype.
 
     Vocabulary-tiled (docs/math.md §6): the saved full-vocabulary lse and entropy make dLoss/dz of a tile
@@ -143,6 +151,9 @@ def backward(grad_logprobs, grad_entropy, hidden, weight, bias, targets, lse, en
     the loop runs over row blocks (outer) and vocabulary tiles (inner, see backward_tiles): each dweight tile
     is written once per row block and dhidden accumulates in a [rows, H] block. vocab_tile overrides the tile
     width (tests).
+
+    softcap > 0: as in forward; dLoss/dz is chained through the softcap's derivative (one extra tile buffer;
+    the softcap is pointwise, so per tile as per chunk).
 
     vocab_shard: weight/bias are one vocabulary shard and lse/entropy the full vocabulary's; the result
     is this shard's dweight/dbias and its share of dhidden (the caller sums dhidden over shards)."""
@@ -163,9 +174,15 @@ def backward(grad_logprobs, grad_entropy, hidden, weight, bias, targets, lse, en
                 w = weight[v0:v1]
                 z = buffer.logits(h, w, None if bias is None else bias[v0:v1])
                 g32 = buffer.as_fp32(z)
+                factor = None
+                if softcap:
+                    factor = torch.empty_like(g32)
+                    epilogues.softcap_(g32, softcap, softcap_scale, grad_factor=factor)
                 local = row_targets if (v0 == 0 and v1 == vocab) else _tile_targets(row_targets, v0, v1, ignore_index)
                 bwd_epilogue(g32, local, inv_temperature, ignore_index, row_lse, row_entropy,
                              grad_logprobs[r0:r1], row_g_entropy, vocab_shard or v1 - v0 < vocab)
+                if factor is not None:
+                    g32.mul_(factor)
                 grads.add_tile(buffer.operand(z, g32), g32, h, w, r0, r1, v0, v1, first_block=r0 == 0)
             grads.end_block(r0, r1)
     return grads.result(n > 0)

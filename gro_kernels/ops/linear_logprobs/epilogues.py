@@ -79,3 +79,30 @@ def pick(device_type: str):
     if _ext.native_available(device_type):
         return forward_native, backward_native, f"native-{device_type}"
     return forward_torch, backward_torch, "torch"
+
+
+# ---- logit transforms and per-token statistics (plain torch, any device) ----
+
+def softcap_(z, cap, scale, grad_factor=None):
+    """z <- cap * tanh(scale * z / cap) in place (final_logit_softcapping after logit_scale, math §1).
+
+    grad_factor: a tensor of z's shape that receives dz_new/dz = scale * (1 - tanh^2), for the backward,
+    which multiplies the epilogue's dLoss/dz_new by it (the epilogues then see softcapped logits as z)."""
+    z.mul_(scale / cap).tanh_()
+    if grad_factor is not None:
+        torch.mul(z, z, out=grad_factor).neg_().add_(1.0).mul_(scale)
+    z.mul_(cap)
+
+
+def stats_torch(z, targets, inv_tau, ignore_index, lse, out):
+    """Rows of out [3, rows] <- mean_logits, log_sum_sq_probs, is_top1 (as 0/1) of the chunk z [rows, V]
+    (naive.head_stats_naive), with lse = logsumexp(z * inv_tau) from the forward epilogue. z is not changed.
+    One temporary of the chunk's size (the doubled logits' logsumexp)."""
+    valid = targets != ignore_index
+    mean = z.sum(1).mul_(inv_tau / z.shape[1])
+    log_sum_sq = torch.logsumexp(z * (2.0 * inv_tau), dim=1).sub_(2.0 * lse)
+    # inv_tau > 0 keeps the order: the argmax of z is the argmax of z / tau (the first on a tie, as argmax)
+    top1 = z.argmax(1) == targets
+    out[0].copy_(torch.where(valid, mean, 0.0))
+    out[1].copy_(torch.where(valid, log_sum_sq, 0.0))
+    out[2].copy_(valid & top1)

@@ -7,13 +7,16 @@ data-dependent shape appears and the mixed online/offline batch stays one graph.
 """
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
-from . import naive
+from . import cpo_family, dpo_family, naive
 
-LOSSES = ("dpo", "ipo", "simpo", "kto", "cpl")
-NEEDS_REFERENCE = ("dpo", "ipo", "kto")
+UNPAIRED = ("kto", "apo_zero_unpaired")  # one row at a time (TRL's KTOTrainer), desirable= instead of pairs
+LOSSES = ("dpo", "ipo", "simpo", "kto", "cpl") + tuple(
+    n for n in dpo_family.DPO_LOSSES + cpo_family.CPO_LOSSES + UNPAIRED if n not in ("dpo", "ipo", "simpo", "kto"))
+NEEDS_REFERENCE = tuple(n for n in dpo_family.DPO_LOSSES if n != "sft") + UNPAIRED
 
 
 @dataclass(frozen=True)
@@ -26,22 +29,46 @@ class PreferenceConfig:
     cpl_discount: float = 1.0
     desirable_weight: float = 1.0
     undesirable_weight: float = 1.0
+    # TRL's DPOConfig / CPOConfig fields (docs/math.md §4): loss is then one name or a tuple of DPO loss types
+    loss_weights: Optional[tuple] = None
+    f_divergence_type: str = "reverse_kl"
+    f_alpha_divergence_coef: float = 0.5
+    ld_alpha: Optional[float] = None
+    use_weighting: bool = False
+    discopop_tau: float = 0.05
+    rpo_alpha: Optional[float] = None
+    cpo_alpha: float = 0.0
+    alpha: float = 0.0
 
 
-def sequence_scores(logprobs, mask, ref_logprobs, cfg: PreferenceConfig):
-    """Implicit reward of each row (docs/math.md §4), differentiable in logprobs:
-    dpo/ipo/kto g_i = sum_t m (l - l_ref) (times beta where it is the margin's scale, in the loss);
-    simpo L_i / |y_i|; cpl S_i = beta * sum_t gamma^t m l_t, t counted over the valid tokens."""
+def loss_types(cfg) -> tuple:
+    """The loss names of a config, as a tuple (one name, or TRL's list of DPO loss types)."""
+    return (cfg.loss,) if isinstance(cfg.loss, str) else tuple(cfg.loss)
+
+
+def is_unpaired(cfg) -> bool:
+    return loss_types(cfg)[0] in UNPAIRED
+
+
+def needs_reference(cfg) -> bool:
+    return any(n in NEEDS_REFERENCE for n in loss_types(cfg))
+
+
+def _dpo_types_and_weights(cfg):
+    """TRL's loss_type list with loss_weights (default 1 each); rpo_alpha a adds ("sft", a), as RPO."""
+    types = loss_types(cfg)
+    weights = tuple(float(w) for w in cfg.loss_weights) if cfg.loss_weights is not None else (1.0,) * len(types)
+    if cfg.rpo_alpha is not None:
+        types, weights = types + ("sft",), weights + (float(cfg.rpo_alpha),)
+    return types, weights
+
+
+def cpl_scores(logprobs, mask, cfg: PreferenceConfig):
+    """CPL S_i = beta * sum_t gamma^t m l_t, t counted over the valid tokens (docs/math.md §4)."""
     m = mask.to(torch.float32)
     l = torch.where(mask, logprobs.float(), 0.0)
-    if cfg.loss in NEEDS_REFERENCE:
-        return (l - torch.where(mask, ref_logprobs.float(), 0.0)).sum(1)
-    if cfg.loss == "simpo":
-        return l.sum(1) / m.sum(1).clamp(min=1.0)
-    if cfg.loss == "cpl":
-        position = (m.cumsum(1) - 1.0).clamp(min=0.0)
-        return cfg.beta * (l * torch.pow(cfg.cpl_discount, position)).sum(1)
-    raise ValueError(f"preference loss must be one of {LOSSES}, got {cfg.loss!r}")
+    position = (m.cumsum(1) - 1.0).clamp(min=0.0)
+    return cfg.beta * (l * torch.pow(cfg.cpl_discount, position)).sum(1)
 
 
 def pair_up(pair_ids, chosen, offline):
@@ -61,38 +88,54 @@ def _masked_mean(values, valid):
 
 
 def preference_loss(logprobs, mask, ref_logprobs, offline, cfg: PreferenceConfig, *, pair_ids=None, chosen=None,
-                    desirable=None, kto_z0=None):
+                    desirable=None, kto_z0=None, kl_logps=None, ref_kl_logps=None, log_sum_sq_probs=None):
     """Mean preference loss over the pairs (or, for KTO, the rows) made of offline rows, and metrics.
 
     A fully masked response cannot be compared: its pair (or KTO row) is left out, so it contributes
     zero loss and zero gradient, and an all-masked batch gives loss 0.
     """
-    score = sequence_scores(logprobs, mask, ref_logprobs, cfg)
     nonempty = mask.any(1)
-    reward = score.detach() * (cfg.beta if cfg.loss in ("dpo", "ipo", "kto", "simpo") else 1.0)
-    if cfg.loss == "kto":
-        offline = offline & nonempty
-        if kto_z0 is None:
-            kto_z0 = _masked_mean(score.detach(), offline).clamp(min=0.0)
-        z0 = torch.as_tensor(kto_z0, dtype=torch.float32, device=score.device).detach()
-        losses = naive.kto_loss(score, desirable, z0, cfg.beta, cfg.desirable_weight, cfg.undesirable_weight)
-        good, bad = offline & desirable, offline & ~desirable
-        metrics = {"kto_z0": z0, "rewards_chosen": _masked_mean(reward, good),
-                   "rewards_rejected": _masked_mean(reward, bad)}
-        return _masked_mean(losses, offline), metrics
+    if is_unpaired(cfg):
+        return _unpaired_loss(logprobs, mask, ref_logprobs, offline & nonempty, cfg, desirable, kto_z0, kl_logps,
+                              ref_kl_logps)
     win, lose, valid = pair_up(pair_ids, chosen, offline)
     valid = valid & nonempty[win] & nonempty[lose]
-    s_w, s_l = score[win], score[lose]
-    if cfg.loss == "dpo":
-        losses = naive.dpo_loss(s_w, s_l, cfg.beta, cfg.label_smoothing)
-    elif cfg.loss == "ipo":
-        losses = naive.ipo_loss(s_w, s_l, cfg.beta)
-    elif cfg.loss == "simpo":
-        losses = naive.simpo_loss(s_w, s_l, cfg.beta, cfg.simpo_gamma, cfg.label_smoothing)
+    name = loss_types(cfg)[0]
+    if name in cpo_family.CPO_LOSSES:
+        loss, reward, metrics = cpo_family.pair_losses(logprobs, mask, win, lose, valid, cfg, name)
+    elif name == "cpl":
+        reward = cpl_scores(logprobs, mask, cfg)
+        loss = _masked_mean(naive.cpl_loss(reward[win], reward[lose], cfg.cpl_lambda), valid)
+        reward, metrics = reward.detach(), {}
     else:
-        losses = naive.cpl_loss(s_w, s_l, cfg.cpl_lambda)
+        types, weights = _dpo_types_and_weights(cfg)
+        loss, reward, metrics = dpo_family.pair_losses(logprobs, ref_logprobs, mask, win, lose, valid, cfg, types,
+                                                       weights, log_sum_sq_probs)
     r_w, r_l = reward[win], reward[lose]
     metrics = {"rewards_chosen": _masked_mean(r_w, valid), "rewards_rejected": _masked_mean(r_l, valid),
                "reward_margin": _masked_mean(r_w - r_l, valid),
-               "reward_accuracy": _masked_mean((r_w > r_l).float(), valid)}
-    return _masked_mean(losses, valid), metrics
+               "reward_accuracy": _masked_mean((r_w > r_l).float(), valid), **metrics}
+    return loss, metrics
+
+
+def _unpaired_loss(logprobs, mask, ref_logprobs, rows, cfg, desirable, kto_z0, kl_logps, ref_kl_logps):
+    """KTO (against the reference point z0) and TRL's apo_zero_unpaired (no z0), per row. z0: kto_z0 when given;
+    TRL's way from kl_logps / ref_kl_logps (sequence logprobs of mismatched prompt-completion pairs): the
+    detached mean of their log-ratio clamped at 0; otherwise the same statistic of the batch's own rows."""
+    l = torch.where(mask, logprobs.float(), 0.0)
+    g = (l - torch.where(mask, ref_logprobs.float(), 0.0)).sum(1)
+    good, bad = rows & desirable, rows & ~desirable
+    metrics = {}
+    if cfg.loss == "kto":
+        if kto_z0 is None and kl_logps is not None:
+            kto_z0 = (kl_logps.float() - ref_kl_logps.float()).mean().clamp(min=0.0)
+        elif kto_z0 is None:
+            kto_z0 = _masked_mean(g.detach(), rows).clamp(min=0.0)
+        z0 = torch.as_tensor(kto_z0, dtype=torch.float32, device=g.device).detach()
+        losses = naive.kto_loss(g, desirable, z0, cfg.beta, cfg.desirable_weight, cfg.undesirable_weight)
+        metrics["kto_z0"] = z0
+    else:
+        losses = naive.apo_zero_unpaired_loss(g, desirable, cfg.beta, cfg.desirable_weight, cfg.undesirable_weight)
+    reward = cfg.beta * g.detach()
+    metrics.update(rewards_chosen=_masked_mean(reward, good), rewards_rejected=_masked_mean(reward, bad))
+    return _masked_mean(losses, rows), metrics
