@@ -108,3 +108,24 @@ def test_tile_plan_is_bounded_and_keeps_the_batch_in_one_block():
     assert rows < 1 << 20 and tile >= tiled_grads._MIN_VOCAB_TILE and rows * tile <= 512 * 32000
     # A small vocabulary: one tile, the old row chunks.
     assert chunked.backward_tiles(100, 50, 8) == (8, 50)
+
+
+def test_softcap_tiles_agree_with_one_tile():
+    """The softcap's derivative is pointwise, so it chains per vocabulary tile as per whole row."""
+    hidden, weight, targets, bias = make_inputs(30, 16, 211, bias=True, ignored=(5,), scale=4.0)
+    g = torch.Generator().manual_seed(4)
+    g_l, g_h = torch.randn(30, generator=g), torch.randn(30, generator=g)
+    _, entropy, lse = chunked.forward(hidden, weight, bias, targets, inv_temperature=1.0, ignore_index=IGNORE,
+                                      with_entropy=True, chunk_size=30, softcap=5.0)
+
+    def grads(tile):
+        return chunked.backward(g_l, g_h, hidden, weight, bias, targets, lse, entropy, inv_temperature=1.0,
+                                ignore_index=IGNORE, chunk_size=30, needs_hidden=True, needs_weight=True,
+                                needs_bias=True, softcap=5.0, vocab_tile=tile)
+
+    whole, plain = grads(211), chunked.backward(g_l, g_h, hidden, weight, bias, targets, lse, entropy,
+                                                inv_temperature=1.0, ignore_index=IGNORE, chunk_size=30,
+                                                needs_hidden=True, needs_weight=True, needs_bias=True, vocab_tile=211)
+    assert not torch.allclose(whole[1], plain[1])  # the softcap changes the gradient: the case can fail
+    for a, b in zip(whole, grads(17)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
