@@ -245,3 +245,35 @@ def test_eval_loss_matches_trl(model_dir, loss_type):
     with torch.no_grad():
         train_loss = trainer.compute_loss(trainer.model, inputs).item()
     assert train_loss == pytest.approx(want.item() * (0.5 if loss_type == "grpo" else 1.0), rel=1e-5)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
+def test_tier1_trainer_with_gro_loss_matches_trl(model_dir, loss_type):
+    """GROGRPOTrainer(..., gro_loss=True): gro-kernels' head (tier 1) and gro_loss (tier 2) in one trainer, against
+    TRL's own GRPOTrainer._compute_loss on the same weights (both load model_dir) and the same micro-batch."""
+    from gro_kernels.integrations.trl import GROGRPOTrainer
+
+    trl_trainer = make_trainer(model_dir, loss_type=loss_type, beta=0.04)
+    inputs = _batch(trl_trainer, 1)
+    want = _loss_grads_metrics(trl_trainer, inputs, lambda m, x: GRPOTrainer._compute_loss(trl_trainer, m, x))
+    settings = dict(output_dir=model_dir + "/out_gro", per_device_train_batch_size=4, num_generations=2,
+                    max_completion_length=6, max_steps=2, report_to=[], use_cpu=True, save_strategy="no", seed=0,
+                    disable_tqdm=True, bf16=False, use_bias_correction_kl=False, logging_steps=1,
+                    loss_type=loss_type, beta=0.04)
+    gro = GROGRPOTrainer(model=model_dir, reward_funcs=_reward, args=GRPOConfig(**settings),
+                         train_dataset=datasets.Dataset.from_dict({"prompt": PROMPTS}),
+                         processing_class=PreTrainedTokenizerFast.from_pretrained(model_dir), gro_loss=True)
+    gro.model.train()
+    gro.current_gradient_accumulation_steps = 1
+    calls = []
+    real = ftl.fused_token_loss
+    ftl.fused_token_loss = lambda *a, **k: calls.append(1) or real(*a, **k)
+    try:
+        got = _loss_grads_metrics(gro, inputs, lambda m, x: gro.compute_loss(m, x))
+    finally:
+        ftl.fused_token_loss = real
+    assert calls, "gro_loss=True must compute the loss with gro_loss's grad-in-forward op"
+    _assert_rel("loss", got[0], want[0])
+    assert got[1].keys() == want[1].keys()
+    for name in want[1]:
+        _assert_rel(f"grad {name}", got[1][name], want[1][name])
