@@ -20,10 +20,22 @@ def lowp_gemm_available(dtype: torch.dtype, device: torch.device) -> bool:
         torch.ops.gro_C.lowp_gemm_available(str(dtype).removeprefix("torch."))
 
 
+def _blas_strides(t):
+    """t with BLAS-valid strides: a size-1 dimension's stride is arbitrary in torch (a [1, V] column of a vocab-major
+    buffer has strides (1, 1)), but the native op reads it as the leading dimension, which must cover the other
+    dimension (MKL refuses lda < V). Same memory, only the unused stride is rewritten."""
+    rows, cols = t.shape
+    if rows == 1 and t.stride(1) == 1 and t.stride(0) < cols:
+        return t.as_strided(t.shape, (max(cols, 1), 1))
+    if cols == 1 and t.stride(0) == 1 and t.stride(1) != 1:  # one column: row-major with ld 1 is valid
+        return t.as_strided(t.shape, (1, 1))
+    return t
+
+
 def mm_f32(out, a, b, accumulate=False):
     """out (+)= a @ b in fp32 for 16-bit a, b (see lowp_gemm_available): no rounding of the result to a or b's dtype."""
     if out.device.type == "cpu":
-        torch.ops.gro_C.mm_lowp_f32_(out, a, b, accumulate)
+        torch.ops.gro_C.mm_lowp_f32_(_blas_strides(out), _blas_strides(a), _blas_strides(b), accumulate)
     elif accumulate:
         out.add_(torch.mm(a, b, out_dtype=torch.float32))
     else:
