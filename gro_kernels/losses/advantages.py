@@ -13,7 +13,9 @@ from ..ops.group_advantages import estimators as _est
 MODES = _est.MODES
 TOKEN_MODES = _est.TOKEN_MODES
 VERL_ESTIMATORS = _est.VERL_ESTIMATORS
-GROUPED = ("grpo_passk", "opo", "gpg", "optimal_token_baseline", "tir_optimal_token_baseline", "gdpo")
+GROUPED = ("grpo_passk", "opo", "gpg", "optimal_token_baseline", "tir_optimal_token_baseline", "gdpo",
+           "normalize_then_sum")
+COLUMN_MODES = ("gdpo", "normalize_then_sum")  # rewards [B, K]: one column per reward function
 
 # The inputs only some modes read (beyond rewards and groups); given to another mode they would be dropped.
 # reinforce_pp's own entries are in token_losses._reject_unused_inputs; gamma is checked in check_gamma_lam.
@@ -77,6 +79,8 @@ def advantages(mode, rewards, index, groups, mask, *, eps, scale_rewards="group"
         return _est.reinforce_pp_baseline(rewards, mask, index, groups, token_kl=token_kl, kl_coef=kl_coef, eps=eps)
     if mode == "gae":
         return _est.gae(rewards, mask, values, gamma=gamma, lam=lam, token_kl=token_kl, kl_coef=kl_coef, eps=eps)
+    if mode == "normalize_then_sum":
+        return _est.normalize_then_sum(rewards, index, groups, weights=reward_weights, eps=eps)
     if mode == "gdpo":
         return _est.gdpo(rewards, mask, index, groups, weights=reward_weights, eps=eps, scale_rewards=scale_rewards)
     if mode in ("optimal_token_baseline", "tir_optimal_token_baseline"):

@@ -49,16 +49,18 @@ def group_advantages(rewards, *, group_ids=None, group_size=None, mode="grpo", e
     "gae" (values [B, T], gamma, lam; whitened), "optimal_token_baseline" and
     "tir_optimal_token_baseline" (old_logprobs, sum_pi_squared [B, T], optional rollout_is_weights,
     handle_zero_tail), "gdpo" (rewards [B, K]: grpo per column, summed with reward_weights [K], whitened
-    over valid tokens). verl's adv_estimator names are accepted as they are spelt (reinforce_plus_plus,
+    over valid tokens), "normalize_then_sum" (TRL's multi_objective_aggregation: rewards [B, K] normalized
+    per column within the group, summed with reward_weights, whitened over the rows; pass eps=1e-4 for
+    TRL's). verl's adv_estimator names are accepted as they are spelt (reinforce_plus_plus,
     reinforce_plus_plus_baseline, rloo_vectorized, grpo_vectorized, ...). Token-level modes put the
     sequence reward on the last valid token. A group of one, or identical rewards, gives 0 (never NaN),
     in every grouped mode. eps: added to every std (default 1e-6, verl's; TRL's is 1e-4). NaN rewards
     raise naming the row.
     """
     v.require_tensor("rewards", rewards)
-    if mode == "gdpo":  # one column per reward component
+    if mode in _ext_adv.COLUMN_MODES:  # one column per reward component
         if rewards.dim() != 2 or not rewards.is_floating_point():
-            raise ValueError(f"mode='gdpo' needs rewards as a 2-D floating tensor [B, K] (one column per reward "
+            raise ValueError(f"mode={mode!r} needs rewards as a 2-D floating tensor [B, K] (one column per reward "
                              f"component), got {v.describe(rewards)}")
     elif rewards.dim() != 1 or not rewards.is_floating_point():
         raise ValueError(f"rewards must be a 1-D floating tensor [B], got {v.describe(rewards)}")
@@ -76,8 +78,9 @@ def group_advantages(rewards, *, group_ids=None, group_size=None, mode="grpo", e
                  rollout_is_weights=rollout_is_weights)
     _ext_adv.reject_unused(mode, extra)
     _ext_adv.check_gamma_lam(mode, gamma, lam)
-    if reward_weights is not None and mode != "gdpo":
-        raise ValueError(f"reward_weights= is used only by mode='gdpo'; mode={mode!r} would ignore it")
+    if reward_weights is not None and mode not in _ext_adv.COLUMN_MODES:
+        raise ValueError(f"reward_weights= is used only by mode='gdpo' / 'normalize_then_sum'; mode={mode!r} would "
+                         "ignore it")
     v.require_bool("handle_zero_tail", handle_zero_tail)
     if not handle_zero_tail and mode not in ("optimal_token_baseline", "tir_optimal_token_baseline"):
         raise ValueError(f"handle_zero_tail=False is used only by the optimal_token_baseline modes; mode={mode!r} "
@@ -113,7 +116,7 @@ def group_advantages(rewards, *, group_ids=None, group_size=None, mode="grpo", e
             raise ValueError(f"mode={mode!r} takes scale_rewards 'group' or 'none', got {scale_rewards!r}")
         scale = {True: "group", False: "none"}.get(scale_rewards, scale_rewards)
         weights = _ext_adv.reward_weights_tensor(reward_weights, rewards.shape[1], rewards.device) \
-            if mode == "gdpo" else None
+            if mode in _ext_adv.COLUMN_MODES else None
         return _ext_adv.advantages(mode, rewards, index, groups, mask, eps=eps, scale_rewards=scale,
                                    token_kl=token_kl, kl_coef=kl_coef, gamma=gamma, lam=lam, **extra,
                                    handle_zero_tail=handle_zero_tail, reward_weights=weights)

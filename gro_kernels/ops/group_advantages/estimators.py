@@ -17,7 +17,7 @@ _NEG_INF = float("-inf")
 # Modes on top of function.MODES. Sequence-level: grpo_passk, opo, gpg ([B]); token-level ([B, T], need mask=):
 # the rest. verl's adv_estimator names map onto gro's modes in VERL_ESTIMATORS.
 MODES = ("grpo_passk", "opo", "gpg", "reinforce_pp_baseline", "gae", "optimal_token_baseline",
-         "tir_optimal_token_baseline", "gdpo")
+         "tir_optimal_token_baseline", "gdpo", "normalize_then_sum")
 TOKEN_MODES = ("reinforce_pp", "reinforce_pp_baseline", "gae", "optimal_token_baseline", "tir_optimal_token_baseline",
                "gdpo")
 VERL_ESTIMATORS = {"gae": "gae", "grpo": "grpo", "grpo_vectorized": "grpo", "reinforce_plus_plus": "reinforce_pp",
@@ -231,3 +231,15 @@ def gdpo(rewards, mask, index, groups: int, *, weights=None, eps: float = 1e-6, 
         column = _segmented(r[:, k].contiguous(), index, groups, "grpo", eps=eps, scale_rewards=scale_rewards)
         total = total + w[k] * column
     return reinforce_pp_advantages(total, mask, eps=eps)
+
+
+def normalize_then_sum(rewards, index, groups: int, *, weights=None, eps: float = 1e-4):
+    """TRL GRPO's multi_objective_aggregation="normalize_then_sum": each reward column [B, K] is normalized within
+    its group ((r - mean_g) / (std_g + eps)), the columns are summed with weights [K] (default 1), and the sum is
+    whitened over the rows ((x - mean) / (std + eps), std unbiased). Row-level [B], unlike gdpo's token whitening."""
+    r = rewards.to(torch.float32)
+    w = torch.ones(r.shape[1], dtype=torch.float32, device=r.device) if weights is None else weights.to(torch.float32)
+    total = torch.zeros(r.shape[0], dtype=torch.float32, device=r.device)
+    for k in range(r.shape[1]):  # K reward functions: a handful
+        total = total + w[k] * _segmented(r[:, k].contiguous(), index, groups, "grpo", eps=eps, scale_rewards="group")
+    return normalize_rows(total, torch.ones(r.shape[0], dtype=torch.bool, device=r.device), eps)

@@ -249,3 +249,11 @@ def gdpo_naive(rewards, mask, group_index, *, weights=None, eps=1e-6, scale_rewa
                 for k in range(r.shape[1]))
     m = mask.bool().cpu()
     return _whiten_naive(total.unsqueeze(1).expand(m.shape).clone(), m, eps)
+
+
+def normalize_then_sum_naive(rewards, group_index, *, weights=None, eps=1e-4):
+    """sum_k w_k (r_k - mean_g) / (std_g + eps) (a group of one: 0), then (x - mean) / (std + eps) over the rows."""
+    r = rewards.double().cpu()
+    w = torch.ones(r.shape[1], dtype=torch.float64) if weights is None else weights.double().cpu()
+    total = sum(w[k] * group_advantages_naive(r[:, k], group_index, "grpo", eps=eps) for k in range(r.shape[1]))
+    return _whiten_naive(total.unsqueeze(1), torch.ones(r.shape[0], 1, dtype=torch.bool), eps).squeeze(1)
