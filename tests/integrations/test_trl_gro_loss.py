@@ -46,14 +46,15 @@ def _reward(completions, **kwargs):
     return [0.1 * len(c) + (i % 3) for i, c in enumerate(completions)]
 
 
-def make_trainer(model_dir, rewards=_reward, **options):
+def make_trainer(model_dir, rewards=_reward, trainer_cls=GRPOTrainer, extra=None, **options):
+    """trainer_cls / extra: another GRPOTrainer class and its own constructor arguments (GROGRPOTrainer, gro_loss)."""
     settings = dict(output_dir=model_dir + "/out", per_device_train_batch_size=4, num_generations=2,
                     max_completion_length=6, max_steps=2, report_to=[], use_cpu=True, save_strategy="no", seed=0,
                     disable_tqdm=True, bf16=False, use_bias_correction_kl=False, logging_steps=1)
     settings.update(options)
-    return GRPOTrainer(model=model_dir, reward_funcs=rewards, args=GRPOConfig(**settings),
+    return trainer_cls(model=model_dir, reward_funcs=rewards, args=GRPOConfig(**settings),
                        train_dataset=datasets.Dataset.from_dict({"prompt": PROMPTS}),
-                       processing_class=PreTrainedTokenizerFast.from_pretrained(model_dir))
+                       processing_class=PreTrainedTokenizerFast.from_pretrained(model_dir), **(extra or {}))
 
 
 def _batch(trainer, accumulation):
@@ -85,19 +86,24 @@ def _assert_rel(name, got, want, rtol=RTOL):
     assert err <= rtol * size + 1e-9, f"{name}: |gro - trl| = {err:.3g}, |trl| = {size:.3g}"
 
 
+def _gro_loss_grads_metrics(trainer, inputs):
+    """trainer.compute_loss's loss, gradients and metrics, and how many times the grad-in-forward op ran."""
+    calls = []
+    real = ftl.fused_token_loss
+    ftl.fused_token_loss = lambda *a, **k: calls.append(1) or real(*a, **k)
+    try:
+        return _loss_grads_metrics(trainer, inputs, lambda m, x: trainer.compute_loss(m, x)), len(calls)
+    finally:
+        ftl.fused_token_loss = real
+
+
 def _compare(trainer, accumulation, rtol=RTOL, fused=True):
     """fused: the gro loss must take the grad-in-forward op (token-level ratios), else the plain path."""
     inputs = _batch(trainer, accumulation)
     want = _loss_grads_metrics(trainer, inputs, lambda m, x: GRPOTrainer._compute_loss(trainer, m, x))
     install_gro_loss(trainer)
-    calls = []
-    real = ftl.fused_token_loss
-    ftl.fused_token_loss = lambda *a, **k: calls.append(1) or real(*a, **k)
-    try:
-        got = _loss_grads_metrics(trainer, inputs, lambda m, x: trainer.compute_loss(m, x))
-    finally:
-        ftl.fused_token_loss = real
-    assert bool(calls) == fused, f"grad-in-forward ran {len(calls)} times"
+    got, calls = _gro_loss_grads_metrics(trainer, inputs)
+    assert bool(calls) == fused, f"grad-in-forward ran {calls} times"
     _assert_rel("loss", got[0], want[0], rtol)
     assert got[1].keys() == want[1].keys()
     for name in want[1]:
@@ -256,22 +262,11 @@ def test_tier1_trainer_with_gro_loss_matches_trl(model_dir, loss_type):
     trl_trainer = make_trainer(model_dir, loss_type=loss_type, beta=0.04)
     inputs = _batch(trl_trainer, 1)
     want = _loss_grads_metrics(trl_trainer, inputs, lambda m, x: GRPOTrainer._compute_loss(trl_trainer, m, x))
-    settings = dict(output_dir=model_dir + "/out_gro", per_device_train_batch_size=4, num_generations=2,
-                    max_completion_length=6, max_steps=2, report_to=[], use_cpu=True, save_strategy="no", seed=0,
-                    disable_tqdm=True, bf16=False, use_bias_correction_kl=False, logging_steps=1,
-                    loss_type=loss_type, beta=0.04)
-    gro = GROGRPOTrainer(model=model_dir, reward_funcs=_reward, args=GRPOConfig(**settings),
-                         train_dataset=datasets.Dataset.from_dict({"prompt": PROMPTS}),
-                         processing_class=PreTrainedTokenizerFast.from_pretrained(model_dir), gro_loss=True)
+    gro = make_trainer(model_dir, trainer_cls=GROGRPOTrainer, extra=dict(gro_loss=True),
+                       output_dir=model_dir + "/out_gro", loss_type=loss_type, beta=0.04)
     gro.model.train()
     gro.current_gradient_accumulation_steps = 1
-    calls = []
-    real = ftl.fused_token_loss
-    ftl.fused_token_loss = lambda *a, **k: calls.append(1) or real(*a, **k)
-    try:
-        got = _loss_grads_metrics(gro, inputs, lambda m, x: gro.compute_loss(m, x))
-    finally:
-        ftl.fused_token_loss = real
+    got, calls = _gro_loss_grads_metrics(gro, inputs)
     assert calls, "gro_loss=True must compute the loss with gro_loss's grad-in-forward op"
     _assert_rel("loss", got[0], want[0])
     assert got[1].keys() == want[1].keys()
