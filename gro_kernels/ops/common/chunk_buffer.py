@@ -5,6 +5,8 @@ accumulates over chunks in fp32 (docs/math.md §6). On CPU the native op gro_C::
 micro-kernel, python_api/cpu_gemm.cpp) does it; on CUDA, cuBLAS through torch.mm(out_dtype=float32).
 """
 
+import functools
+
 import torch
 
 from ... import _ext
@@ -18,6 +20,20 @@ def lowp_gemm_available(dtype: torch.dtype, device: torch.device) -> bool:
         return True
     return device.type == "cpu" and _ext.native_available("cpu") and \
         torch.ops.gro_C.lowp_gemm_available(str(dtype).removeprefix("torch."))
+
+
+@functools.lru_cache(maxsize=None)
+def _native_fused_head(dtype: torch.dtype) -> bool:
+    return _ext.native_available("cpu") and torch.ops.gro_C.fused_head_available(str(dtype).removeprefix("torch."))
+
+
+def fused_head_available(hidden, weight, bias) -> bool:
+    """Whether the fused bf16 CPU head (python_api/cpu_fused_head.cpp: logits GEMM and epilogue in one loop, no
+    chunk of logits in memory) takes these operands: bf16 on CPU with the micro-kernel's bf16 tiles, an even
+    hidden size, weight rows contiguous, bias (if any) bf16."""
+    return (hidden.device.type == "cpu" and hidden.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16
+            and hidden.shape[1] % 2 == 0 and weight.stride(1) == 1 and (bias is None or bias.dtype == torch.bfloat16)
+            and _native_fused_head(hidden.dtype))
 
 
 def _blas_strides(t):

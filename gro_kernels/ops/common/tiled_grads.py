@@ -64,7 +64,8 @@ class TiledGrads:
             torch.mm(a, b, out=out)
 
     def add_tile(self, g, g32, hidden_rows, weight_tile, r0, r1, v0, v1, first_block):
-        """g [rows, v1 - v0]: dLoss/dz of rows r0:r1 on tile v0:v1 in the GEMM dtype (g32: fp32)."""
+        """g [rows, v1 - v0]: dLoss/dz of rows r0:r1 on tile v0:v1 in the GEMM dtype (g32: fp32, or None when the
+        bias gradient was summed elsewhere: the fused CPU head)."""
         if self.d_hidden is not None:
             out = self.dh32[: r1 - r0] if self.dh32 is not None else self.d_hidden[r0:r1]
             self._mm(out, g, weight_tile, accumulate=v0 > 0)
@@ -75,7 +76,7 @@ class TiledGrads:
                 self.d_weight[v0:v1].copy_(scratch)
             else:
                 self._mm(self.d_weight[v0:v1], g.t(), hidden_rows, accumulate=not first_block)
-        if self.d_bias is not None:
+        if self.d_bias is not None and g32 is not None:
             self.d_bias[v0:v1].add_(g32.sum(0))
 
     def end_block(self, r0, r1):

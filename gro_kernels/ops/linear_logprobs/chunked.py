@@ -1,6 +1,8 @@
 """Chunked backend: one GEMM per row chunk into a bounded [C, V] buffer, then a fused epilogue.
 
-(On CPU the buffer is stored [V, C], see ChunkBuffer; the epilogues take either layout.)
+(On CPU the buffer is stored [V, C], see ChunkBuffer; the epilogues take either layout.) bf16 heads on a CPU
+with bf16 micro-kernel tiles skip the buffer: the fused CPU head computes the logits tile by tile and runs the
+epilogue on each tile in cache (fused_head_available; docs/math.md §6).
 
 Memory is O(C*V) whatever N is. The backward recomputes the logits tile by tile of the vocabulary
 (a second GEMM, see backward), turns them into dLoss/dlogits in place, then feeds the dhidden and
@@ -10,7 +12,7 @@ dweight GEMMs. With a random upstream gradient that is the minimum of four GEMMs
 import torch
 
 from ..common.chunking import env_chunk_size
-from ..common.chunk_buffer import ChunkBuffer, lowp_gemm_available, mm_f32
+from ..common.chunk_buffer import ChunkBuffer, fused_head_available, lowp_gemm_available, mm_f32
 from ..common.tiled_grads import TiledGrads, backward_tiles
 from . import epilogues
 
@@ -40,6 +42,10 @@ def forward(hidden, weight, bias, targets, *, inv_temperature, ignore_index, wit
     logprobs, lse = torch.empty(n, **f32), torch.empty(n, **f32)
     entropy = torch.empty(n if with_entropy else 0, **f32)
     if n == 0:
+        return logprobs, entropy, lse
+    if not softcap and stats is None and fused_head_available(hidden, weight, bias):
+        torch.ops.gro_C.head_forward_lowp(hidden, weight, bias, targets, inv_temperature, ignore_index, vocab_shard,
+                                          logprobs, lse, entropy if with_entropy else None)
         return logprobs, entropy, lse
     rows = min(chunk_size, n)
     buffer = ChunkBuffer(rows, vocab, hidden.dtype, hidden.device)
@@ -161,28 +167,60 @@ def backward(grad_logprobs, grad_entropy, hidden, weight, bias, targets, lse, en
     _, bwd_epilogue, _ = epilogues.pick(hidden.device.type)
     rows, tile = backward_tiles(n, vocab, chunk_size, vocab_tile)
     grads = TiledGrads(hidden, weight, rows, tile, rows >= n, needs_hidden, needs_weight, needs_bias)
-    if n > 0 and (needs_hidden or needs_weight or needs_bias):
-        buffer = ChunkBuffer(rows, tile, hidden.dtype, hidden.device)
-        for r0 in range(0, n, rows):
-            r1 = min(r0 + rows, n)
-            h = hidden[r0:r1]
-            row_targets, row_lse = targets[r0:r1], lse[r0:r1]
-            row_entropy = entropy[r0:r1] if grad_entropy is not None else None
-            row_g_entropy = grad_entropy[r0:r1] if grad_entropy is not None else None
-            for v0 in range(0, vocab, tile):
-                v1 = min(v0 + tile, vocab)
-                w = weight[v0:v1]
-                z = buffer.logits(h, w, None if bias is None else bias[v0:v1])
-                g32 = buffer.as_fp32(z)
-                factor = None
-                if softcap:
-                    factor = torch.empty_like(g32)
-                    epilogues.softcap_(g32, softcap, softcap_scale, grad_factor=factor)
-                local = row_targets if (v0 == 0 and v1 == vocab) else _tile_targets(row_targets, v0, v1, ignore_index)
-                bwd_epilogue(g32, local, inv_temperature, ignore_index, row_lse, row_entropy,
-                             grad_logprobs[r0:r1], row_g_entropy, vocab_shard or v1 - v0 < vocab)
-                if factor is not None:
-                    g32.mul_(factor)
-                grads.add_tile(buffer.operand(z, g32), g32, h, w, r0, r1, v0, v1, first_block=r0 == 0)
-            grads.end_block(r0, r1)
-    return grads.result(n > 0)
+    if n == 0 or not (needs_hidden or needs_weight or needs_bias):
+        return grads.result(n > 0)
+    if not softcap and fused_head_available(hidden, weight, bias):
+        _fused_tiles(grads, grad_logprobs, grad_entropy, hidden, weight, bias, targets, lse, entropy, rows, tile,
+                     inv_temperature, ignore_index)
+        return grads.result(True)
+    buffer = ChunkBuffer(rows, tile, hidden.dtype, hidden.device)
+    for r0 in range(0, n, rows):
+        r1 = min(r0 + rows, n)
+        h = hidden[r0:r1]
+        row_targets, row_lse = targets[r0:r1], lse[r0:r1]
+        row_entropy = entropy[r0:r1] if grad_entropy is not None else None
+        row_g_entropy = grad_entropy[r0:r1] if grad_entropy is not None else None
+        for v0 in range(0, vocab, tile):
+            v1 = min(v0 + tile, vocab)
+            w = weight[v0:v1]
+            z = buffer.logits(h, w, None if bias is None else bias[v0:v1])
+            g32 = buffer.as_fp32(z)
+            factor = None
+            if softcap:
+                factor = torch.empty_like(g32)
+                epilogues.softcap_(g32, softcap, softcap_scale, grad_factor=factor)
+            local = row_targets if (v0 == 0 and v1 == vocab) else _tile_targets(row_targets, v0, v1, ignore_index)
+            bwd_epilogue(g32, local, inv_temperature, ignore_index, row_lse, row_entropy,
+                         grad_logprobs[r0:r1], row_g_entropy, vocab_shard or v1 - v0 < vocab)
+            if factor is not None:
+                g32.mul_(factor)
+            grads.add_tile(buffer.operand(z, g32), g32, h, w, r0, r1, v0, v1, first_block=r0 == 0)
+        grads.end_block(r0, r1)
+    return grads.result(True)
+
+
+def _fused_tiles(grads, grad_logprobs, grad_entropy, hidden, weight, bias, targets, lse, entropy, rows, tile,
+                 inv_temperature, ignore_index):
+    """The tile loop of backward with the fused bf16 CPU head: each tile's dLoss/dz comes out of one op
+    (logits GEMM + epilogue in cache, rounded to bf16 once) into a [tile, rows] buffer, the dhidden / dweight
+    GEMMs' operand; the bias gradient is summed inside the op."""
+    n, vocab = hidden.shape[0], weight.shape[0]
+    storage = torch.empty(rows * tile, dtype=hidden.dtype, device=hidden.device)
+    g_logprobs = grad_logprobs.float().contiguous()
+    g_entropy = None if grad_entropy is None else grad_entropy.float().contiguous()
+    for r0 in range(0, n, rows):
+        r1 = min(r0 + rows, n)
+        h = hidden[r0:r1]
+        packed = torch.ops.gro_C.pack_hidden_lowp(h)
+        row_entropy = entropy[r0:r1] if g_entropy is not None else None
+        row_g_entropy = g_entropy[r0:r1] if g_entropy is not None else None
+        for v0 in range(0, vocab, tile):
+            v1 = min(v0 + tile, vocab)
+            w = weight[v0:v1]
+            g = storage[: (v1 - v0) * (r1 - r0)].view(v1 - v0, r1 - r0)
+            torch.ops.gro_C.head_logit_grad_lowp_(
+                g, packed, r1 - r0, w, None if bias is None else bias[v0:v1], targets[r0:r1], v0, inv_temperature,
+                ignore_index, lse[r0:r1], row_entropy, g_logprobs[r0:r1], row_g_entropy,
+                None if grads.d_bias is None else grads.d_bias[v0:v1])
+            grads.add_tile(g.t(), None, h, w, r0, r1, v0, v1, first_block=r0 == 0)
+        grads.end_block(r0, r1)

@@ -1,0 +1,175 @@
+"""The fused bf16 CPU head (python_api/cpu_fused_head.cpp): its two ops against fp64 on awkward shapes, their
+non-finite and bad-input contracts, and linear_logprobs with it against the unfused chunked path."""
+
+import pytest
+import torch
+
+import gro_kernels
+from gro_kernels.ops.common import chunk_buffer
+from gro_kernels.ops.linear_logprobs import chunked
+
+pytestmark = pytest.mark.skipif(
+    not (gro_kernels._ext.native_available("cpu") and torch.ops.gro_C.fused_head_available("bfloat16")),
+    reason="this CPU's micro-kernel has no bf16 tiles")
+
+IGNORE = -100
+
+
+def _inputs(n, h, v, bias=False, seed=0, scale=3.0):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, h, generator=g).bfloat16()
+    weight = (torch.randn(v, h, generator=g) * scale / h ** 0.5).bfloat16()
+    b = torch.randn(v, generator=g).bfloat16() if bias else None
+    targets = torch.randint(0, v, (n,), generator=g)
+    targets[::5] = IGNORE
+    return hidden, weight, b, targets
+
+
+def _logits64(hidden, weight, bias, temperature):
+    z = hidden.double() @ weight.double().t()
+    return (z if bias is None else z + bias.double()) / temperature
+
+
+def _forward(hidden, weight, bias, targets, temperature, vocab_shard=False):
+    n = hidden.shape[0]
+    lp, lse, ent = torch.empty(n), torch.empty(n), torch.empty(n)
+    torch.ops.gro_C.head_forward_lowp(hidden, weight, bias, targets, 1.0 / temperature, IGNORE, vocab_shard, lp, lse,
+                                      ent)
+    return lp, lse, ent
+
+
+SHAPES = [(1, 2, 1), (1, 64, 5), (63, 130, 63), (64, 64, 64), (65, 66, 65), (130, 32, 1000), (300, 96, 3001)]
+
+
+@pytest.mark.parametrize("n,h,v", SHAPES)
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 1.6])
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+def test_forward_matches_fp64(n, h, v, temperature, bias):
+    hidden, weight, b, targets = _inputs(n, h, v, bias)
+    lp, lse, ent = _forward(hidden, weight, b, targets, temperature)
+    z = _logits64(hidden, weight, b, temperature)
+    ref_lse = torch.logsumexp(z, 1)
+    keep = targets != IGNORE
+    ref_lp = torch.where(keep, z.gather(1, targets.clamp(min=0)[:, None])[:, 0] - ref_lse, 0.0)
+    ref_ent = torch.where(keep, -(z.softmax(1) * z.log_softmax(1)).sum(1), 0.0)
+    for ours, ref in ((lse, ref_lse), (lp, ref_lp), (ent, ref_ent)):
+        assert (ours.double() - ref).abs().max() <= 2e-5
+
+
+def _grad64(hidden, weight, bias, targets, temperature, g_l, g_h):
+    z = _logits64(hidden, weight, bias, temperature)
+    logp = z.log_softmax(1)
+    p = logp.exp()
+    keep = targets != IGNORE
+    onehot = torch.zeros_like(z)
+    onehot[keep.nonzero()[:, 0], targets[keep]] = 1.0
+    ent = -(p * logp).sum(1, keepdim=True)
+    dz = g_l.double()[:, None] * (onehot - p)
+    if g_h is not None:
+        dz = dz - g_h.double()[:, None] * p * (logp + ent)
+    dz = dz / temperature
+    dz[~keep] = 0.0
+    return dz, torch.logsumexp(z, 1).float(), ent[:, 0].float()
+
+
+@pytest.mark.parametrize("n,h,v", SHAPES[1:])
+@pytest.mark.parametrize("entropy_grad", [False, True], ids=["logprob", "entropy"])
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+def test_tile_gradient_matches_fp64(n, h, v, entropy_grad, bias):
+    hidden, weight, b, targets = _inputs(n, h, v, bias, seed=1)
+    temperature = 0.7
+    g_l = torch.randn(n)
+    g_h = torch.randn(n) if entropy_grad else None
+    dz, lse, ent = _grad64(hidden, weight, b, targets, temperature, g_l, g_h)
+    packed = torch.ops.gro_C.pack_hidden_lowp(hidden)
+    v0, v1 = v // 3, v  # a tile of the head that starts mid-vocabulary, so targets before it are outside
+    grad = torch.full((v1 - v0, n), float("nan"), dtype=torch.bfloat16)
+    grad_bias = torch.zeros(v1 - v0) if bias else None
+    torch.ops.gro_C.head_logit_grad_lowp_(grad, packed, n, weight[v0:v1], None if b is None else b[v0:v1], targets,
+                                          v0, 1.0 / temperature, IGNORE, lse, ent if entropy_grad else None, g_l, g_h,
+                                          grad_bias)
+    ref = dz[:, v0:v1].t()
+    # rounded once to bf16: within half a bf16 ulp of the fp64 value, plus the fp32 error of the logits
+    assert ((grad.double() - ref).abs() <= ref.abs() * 2.0 ** -8 + 1e-6).all()
+    if bias:
+        assert (grad_bias.double() - ref.sum(1)).abs().max() <= 1e-5 * max(1.0, float(ref.abs().sum(1).max()))
+
+
+def test_non_finite_logits_stay_in_their_rows():
+    hidden, weight, _, targets = _inputs(70, 32, 200)
+    bias = torch.zeros(200).bfloat16()
+    bias[7] = float("-inf")  # a banned token: probability 0 everywhere
+    targets[targets == 7] = 8
+    targets[1] = 7
+    hidden[3, 0] = float("nan")
+    lp, lse, ent = _forward(hidden, weight, bias, targets, 1.0)
+    assert lp[1] == float("-inf") and torch.isfinite(ent[1])
+    assert torch.isnan(lp[3]) or targets[3] == IGNORE
+    assert torch.isnan(lse[3])
+    rows = torch.arange(70) != 3
+    rows[1] = False
+    assert torch.isfinite(lp[rows]).all() and torch.isfinite(ent[rows]).all()
+    ref = torch.logsumexp(_logits64(hidden, weight, bias, 1.0)[rows], 1)
+    assert (lse[rows].double() - ref).abs().max() <= 2e-5
+    # the backward: the banned token's gradient is exactly 0, the NaN row's stays in that row, ignored rows are 0
+    targets[3] = 5
+    g_l = torch.randn(70)
+    packed = torch.ops.gro_C.pack_hidden_lowp(hidden)
+    grad = torch.empty(200, 70, dtype=torch.bfloat16)
+    torch.ops.gro_C.head_logit_grad_lowp_(grad, packed, 70, weight, bias, targets, 0, 1.0, IGNORE, lse, None, g_l,
+                                          None, None)
+    others = torch.arange(70) != 3
+    assert (grad[7, others & (targets != 7)] == 0).all()  # only the one-hot term of a row whose target it is
+    assert torch.isnan(grad[:, 3]).all()
+    assert torch.isfinite(grad[:, others]).all()
+    assert (grad[:, targets == IGNORE] == 0).all()
+
+
+def test_vocab_shard_targets_and_refusals():
+    hidden, weight, _, targets = _inputs(20, 16, 50)
+    outside = targets.clone()
+    outside[2] = 75  # another shard's token
+    lp, lse, _ = _forward(hidden, weight, None, outside, 1.0, vocab_shard=True)
+    assert lp[2] == 0 and torch.isfinite(lse[2])
+    with pytest.raises(RuntimeError, match="outside"):
+        _forward(hidden, weight, None, outside, 1.0)
+    with pytest.raises(RuntimeError, match="bfloat16"):
+        _forward(hidden.float(), weight.float(), None, targets, 1.0)
+    with pytest.raises(RuntimeError, match="even hidden size"):
+        _forward(hidden[:, :15], weight[:, :15], None, targets, 1.0)
+    with pytest.raises(RuntimeError, match="packed_hidden"):
+        torch.ops.gro_C.head_logit_grad_lowp_(torch.empty(50, 20, dtype=torch.bfloat16),
+                                              torch.ops.gro_C.pack_hidden_lowp(hidden[:, :8]), 20, weight, None,
+                                              targets, 0, 1.0, IGNORE, lse, None, torch.ones(20), None, None)
+
+
+@pytest.mark.parametrize("n,v", [(1, 3), (70, 1000), (300, 5003)])
+@pytest.mark.parametrize("entropy", [False, True])
+def test_linear_logprobs_equals_the_unfused_path(monkeypatch, n, v, entropy):
+    hidden, weight, bias, targets = _inputs(n, 48, v, bias=True, seed=2)
+    g_l, g_h = torch.randn(n), torch.randn(n)
+
+    def run():
+        h, w, b = (t.clone().requires_grad_() for t in (hidden, weight, bias))
+        out = gro_kernels.linear_logprobs(h, w, targets, b, temperature=0.8, return_entropy=entropy, chunk_size=64)
+        lp, ent = out if entropy else (out, None)
+        loss = (lp * g_l).sum() + ((ent * g_h).sum() if entropy else 0.0)
+        loss.backward()
+        return [lp] + ([ent] if entropy else []) + [h.grad, w.grad, b.grad]
+
+    fused = run()
+    monkeypatch.setattr(chunked, "fused_head_available", lambda *args: False)
+    assert not chunked.fused_head_available(hidden, weight, bias)
+    unfused = run()
+    for ours, theirs in zip(fused, unfused):
+        assert ours.dtype == theirs.dtype
+        tol = 1e-5 if ours.dtype == torch.float32 else 2.0 ** -7
+        assert torch.allclose(ours.float(), theirs.float(), rtol=tol, atol=tol * 1e-2 + 1e-6)
+
+
+def test_fused_path_is_taken_for_bf16_cpu_heads():
+    hidden, weight, bias, _ = _inputs(4, 8, 10, bias=True)
+    assert chunk_buffer.fused_head_available(hidden, weight, bias)
+    assert not chunk_buffer.fused_head_available(hidden.half(), weight.half(), None)
+    assert not chunk_buffer.fused_head_available(hidden[:, :7], weight[:, :7], None)  # odd H
+    assert not chunk_buffer.fused_head_available(hidden, weight.t().contiguous().t(), None)  # strided W rows
