@@ -43,24 +43,26 @@ void tile_stats_update(const float* tile, int64_t entries, int64_t tokens, float
     // Shifts against the new max; while a token has seen only -inf logits, against 0, so that a -inf logit
     // gives a clamped shift (exp 0) instead of -inf - -inf = NaN.
     const Vec16 ref = select(max == -INFINITY, splat(0.0f), max);
+    // Shifts in base 2, t = (z - max) / tau * log2(e): (z - max) first, so exactly 0 at the max and never
+    // positive (z / tau - max / tau contracted into an FMA would keep the product's rounding error, row_math.h).
+    const float to_base2 = inv_tau * kExpLog2e;
     Vec16 block_exp = splat(0.0f), block_shift = splat(0.0f);
     for (int64_t i = 0; i < entries; ++i) {
-      // (z - max) / tau, not z / tau - max / tau: exactly 0 at the max and never positive (row_math.h).
       // A NaN logit (skipped by the max), or +inf (max +inf, shift inf - inf), makes the shift NaN, and the
       // NaN reaches the token's sums, hence all its outputs.
-      const Vec16 shifted = clamp_shift16((load16(column + i * kTileTokens) - ref) * inv_tau);
-      const Vec16 e = exp_clamped16(shifted);
+      const Vec16 t = clamp_shift2_16((load16(column + i * kTileTokens) - ref) * to_base2);
+      const Vec16 e = exp2_clamped16<5>(t);
       block_exp += e;
-      block_shift += e * shifted;
+      block_shift += e * t;
     }
     // The sums so far were taken against the old max: rescale by exp(d), shifts + d, d = (old - new) / tau <= 0.
     // An old max of -inf had no mass (sums 0): d is clamped, not NaN.
-    const Vec16 d = clamp_shift16(select(old_max == -INFINITY, splat(-INFINITY), (old_max - ref) * inv_tau));
-    const Vec16 scale = exp_nonpositive16(d);
+    const Vec16 d2 = clamp_shift2_16(select(old_max == -INFINITY, splat(-INFINITY), (old_max - ref) * to_base2));
+    const Vec16 scale = exp2_clamped16<5>(d2);
     const Vec16 old_exp = load_padded(stats.sum_exp + j0, width, 0.0f);
     const Vec16 old_shift = load_padded(stats.sum_exp_shift + j0, width, 0.0f);
     store_partial(stats.sum_exp + j0, scale * old_exp + block_exp, width);
-    store_partial(stats.sum_exp_shift + j0, scale * (old_shift + d * old_exp) + block_shift, width);
+    store_partial(stats.sum_exp_shift + j0, scale * (old_shift + d2 * kLn2 * old_exp) + block_shift * kLn2, width);
     store_partial(stats.max + j0, max, width);
   }
 }
@@ -112,15 +114,19 @@ void grad_columns(float* tile, int64_t entries, int64_t j0, int64_t width, float
     g_entropy = load_padded(in.g_entropy + j0, width, 0.0f);
     entropy = load_padded(in.entropy + j0, width, 0.0f);
   }
+  // log p in base 2: z / tau * log2(e) - lse * log2(e), one FMA per logit (as logit_grad's z * inv_tau - lse).
+  const float to_base2 = inv_tau * kExpLog2e;
+  const Vec16 lse2 = lse * kExpLog2e;
   for (int64_t i = 0; i < entries; ++i) {
     float* z = tile + i * kTileTokens + j0;
+    const Vec16 log2_p = clamp_shift2_16(load16(z) * to_base2 - lse2);  // a -inf logit: p = 0, log p clamped
+    const Vec16 p = exp2_clamped16<4>(log2_p);
     Vec16 g;
     if (kEntropy) {
-      // logit_grad (row_math.h): (1/tau) p (-g_l - g_H (log p + H)); a -inf logit has p = 0 and log p clamped
-      const Vec16 log_p = clamp_shift16(load16(z) * inv_tau - lse);
-      g = inv_tau * exp_clamped16(log_p) * (-g_logprob - g_entropy * (log_p + entropy));
+      // logit_grad (row_math.h): (1/tau) p (-g_l - g_H (log p + H))
+      g = inv_tau * p * (-g_logprob - g_entropy * (log2_p * kLn2 + entropy));
     } else {
-      g = coef * exp_nonpositive16(load16(z) * inv_tau - lse);
+      g = coef * p;
     }
     g = select(keep, g, splat(0.0f));  // exact zeros for an ignored token, even for non-finite logits
     g += select(target_entry == static_cast<int32_t>(i), one_hot, splat(0.0f));

@@ -163,7 +163,8 @@ def test_linear_logprobs_equals_the_unfused_path(monkeypatch, n, v, entropy):
     unfused = run()
     for ours, theirs in zip(fused, unfused):
         assert ours.dtype == theirs.dtype
-        tol = 1e-5 if ours.dtype == torch.float32 else 2.0 ** -7
+        # bf16 gradients: each path is within a bf16 ulp (<= 2^-7 relative) of the same fp32 sum
+        tol = 1e-5 if ours.dtype == torch.float32 else 2.0 ** -6
         assert torch.allclose(ours.float(), theirs.float(), rtol=tol, atol=tol * 1e-2 + 1e-6)
 
 
