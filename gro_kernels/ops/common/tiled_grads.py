@@ -20,7 +20,12 @@ _TILE_ALIGN = 64  # vocabulary tiles in whole GEMM blocks (python_api/cpu_gemm.c
 def backward_tiles(n_rows: int, vocab: int, chunk_size: int, vocab_tile=None):
     """(rows per row block, vocabulary entries per tile) of the backward; vocab_tile overrides the tile."""
     budget = max(1, chunk_size) * vocab
-    rows = max(1, min(n_rows, max(chunk_size, budget // _MIN_VOCAB_TILE)))
+    if n_rows <= budget // (_MIN_VOCAB_TILE // 2):
+        # One row block with tiles down to half the minimum: a second row block would re-read and re-write the
+        # whole dweight in fp32 (e.g. N 16384 at V 32000 split 16375 + 9 rows).
+        rows = max(1, n_rows)
+    else:
+        rows = max(1, min(n_rows, max(chunk_size, budget // _MIN_VOCAB_TILE)))
     if vocab_tile is None:
         vocab_tile = budget // rows
         if _TILE_ALIGN < vocab_tile < vocab:
@@ -32,8 +37,10 @@ class TiledGrads:
     """dhidden / dweight / dbias of one row block fed tile by tile (the dhidden and dweight GEMMs).
 
     dhidden rows accumulate over the vocabulary tiles (fp32 for 16-bit inputs, then one cast); a dweight tile
-    is written straight into the result when the batch is one row block, else accumulated over row blocks
-    (fp32 for 16-bit inputs). 16-bit operands use the 16-bit GEMM with fp32 result where there is one."""
+    is written straight into the result when the batch is one row block (for 16-bit inputs by torch's GEMM, which
+    accumulates in fp32 and rounds once, as an fp32 tile cast at the end would, and is blocked for any K: 40 vs
+    109 ms for our micro-kernel loop at K = 16384 rows), else accumulated over row blocks (fp32 for 16-bit
+    inputs). 16-bit accumulations use the 16-bit GEMM with fp32 result where there is one."""
 
     def __init__(self, hidden, weight, rows, tile, single_block, needs_hidden, needs_weight, needs_bias):
         f32 = dict(dtype=torch.float32, device=hidden.device)
@@ -43,12 +50,9 @@ class TiledGrads:
         self.d_hidden = torch.empty_like(hidden) if needs_hidden else None
         self.dh32 = torch.empty(rows, hidden.shape[1], **f32) if needs_hidden and self.lowp else None
         self.d_weight = None
-        self.dw_tile = None  # fp32 scratch of one dweight tile (16-bit inputs, one row block)
         if needs_weight:
             accumulate_f32 = self.lowp and not single_block
             self.d_weight = torch.empty(weight.shape, **f32) if accumulate_f32 else torch.empty_like(weight)
-            if self.lowp and single_block:
-                self.dw_tile = torch.empty(tile, weight.shape[1], **f32)
         self.d_bias = torch.zeros(weight.shape[0], **f32) if needs_bias else None
 
     def _mm(self, out, a, b, accumulate):
@@ -70,12 +74,7 @@ class TiledGrads:
             out = self.dh32[: r1 - r0] if self.dh32 is not None else self.d_hidden[r0:r1]
             self._mm(out, g, weight_tile, accumulate=v0 > 0)
         if self.d_weight is not None:
-            if self.dw_tile is not None:
-                scratch = self.dw_tile[: v1 - v0]
-                self._mm(scratch, g.t(), hidden_rows, accumulate=False)
-                self.d_weight[v0:v1].copy_(scratch)
-            else:
-                self._mm(self.d_weight[v0:v1], g.t(), hidden_rows, accumulate=not first_block)
+            self._mm(self.d_weight[v0:v1], g.t(), hidden_rows, accumulate=not first_block)
         if self.d_bias is not None and g32 is not None:
             self.d_bias[v0:v1].add_(g32.sum(0))
 

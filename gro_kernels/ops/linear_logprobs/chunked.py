@@ -165,11 +165,13 @@ def backward(grad_logprobs, grad_entropy, hidden, weight, bias, targets, lse, en
     is this shard's dweight/dbias and its share of dhidden (the caller sums dhidden over shards)."""
     n, vocab = hidden.shape[0], weight.shape[0]
     _, bwd_epilogue, _ = epilogues.pick(hidden.device.type)
-    rows, tile = backward_tiles(n, vocab, chunk_size, vocab_tile)
+    fused = not softcap and fused_head_available(hidden, weight, bias)
+    # The fused head's tile buffer holds bf16 dLoss/dz, not fp32 logits: twice the entries in the same bytes.
+    rows, tile = backward_tiles(n, vocab, 2 * chunk_size if fused else chunk_size, vocab_tile)
     grads = TiledGrads(hidden, weight, rows, tile, rows >= n, needs_hidden, needs_weight, needs_bias)
     if n == 0 or not (needs_hidden or needs_weight or needs_bias):
         return grads.result(n > 0)
-    if not softcap and fused_head_available(hidden, weight, bias):
+    if fused:
         _fused_tiles(grads, grad_logprobs, grad_entropy, hidden, weight, bias, targets, lse, entropy, rows, tile,
                      inv_temperature, ignore_index)
         return grads.result(True)
