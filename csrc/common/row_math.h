@@ -43,27 +43,24 @@ GRO_HD float clamp_shift(float x) {
 // ~1e-7, about 1 ulp), then a 2^n scale built from the exponent bits. x is clamped at -88, where
 // n = -127, whose biased exponent bits are those of +0.0: inputs below about -87.3 (where exp(x)
 // is subnormal or 0) give exactly 0, -inf included; x > 0 gives 1. NaN gives NaN.
-// Its constants, shared with the vector version of the CPU tile epilogues (csrc/cpu/vec16.h).
+// Two of its constants are shared with the base-2 exp of the CPU tile epilogues (csrc/cpu/vec16.h).
 constexpr float kExpLog2e = 1.44269504088896341f;
-constexpr float kExpLn2Hi = 0.693359375f;
-constexpr float kExpLn2Lo = -2.12194440e-4f;
 constexpr float kExpRoundMagic = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to nearest
-// The polynomial's coefficients, highest degree first (scalars: a constexpr array is not usable in CUDA device code).
-constexpr float kExpP0 = 1.9875691500e-4f, kExpP1 = 1.3981999507e-3f, kExpP2 = 8.3334519073e-3f,
-                kExpP3 = 4.1665795894e-2f, kExpP4 = 1.6666665459e-1f, kExpP5 = 5.0000001201e-1f;
 
 GRO_HD float exp_nonpositive(float x) {
+  const float kLn2Hi = 0.693359375f;
+  const float kLn2Lo = -2.12194440e-4f;
   const float xc = clamp_shift(x);  // NaN compares false and stays NaN
-  // Round to nearest with the magic constant (floorf would block vectorization).
+  // Round to nearest by adding and subtracting 1.5 * 2^23 (floorf would block vectorization).
   // xc >= -88 puts n >= round(-126.96) = -127.
   const float n = (xc * kExpLog2e + kExpRoundMagic) - kExpRoundMagic;
-  const float r = (xc - n * kExpLn2Hi) - n * kExpLn2Lo;
-  float p = kExpP0;
-  p = p * r + kExpP1;
-  p = p * r + kExpP2;
-  p = p * r + kExpP3;
-  p = p * r + kExpP4;
-  p = p * r + kExpP5;
+  const float r = (xc - n * kLn2Hi) - n * kLn2Lo;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
   // n = -127 gives the bits of +0.0 (exactly 0 out); a NaN n gives some bits, and p is NaN anyway.
   return p * bits_to_float((static_cast<int32_t>(n) + 127) << 23);

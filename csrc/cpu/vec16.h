@@ -1,5 +1,6 @@
 // 16 fp32 lanes as a GCC/Clang vector type (AVX-512 with -march=native here, split into narrower vectors
-// where the CPU has none), and the row_math.h functions the tile epilogues need on it (logprob_tiles.cpp).
+// where the CPU has none), and the exp the tile epilogues need on it (logprob_tiles.cpp): base 2, the same
+// clamp-to-exact-zero contract as row_math.h's exp_nonpositive.
 // Written with vector types, not `#pragma omp simd`, so that per-token accumulators provably stay in
 // registers across a loop over vocabulary entries.
 #pragma once
@@ -35,35 +36,6 @@ inline Int16 load16i(const int32_t* p) {
 }
 inline Vec16 select(Int16 mask, Vec16 a, Vec16 b) { return mask ? a : b; }
 inline Uint16 select(Int16 mask, Uint16 a, Uint16 b) { return mask ? a : b; }
-
-// clamp_shift per lane: [-88, 0], NaN kept.
-inline Vec16 clamp_shift16(Vec16 x) {
-#if defined(__AVX512F__)
-  // max/min return their second operand when either is NaN: x, then the NaN result.
-  return _mm512_min_ps(_mm512_set1_ps(0.0f), _mm512_max_ps(_mm512_set1_ps(-88.0f), x));
-#else
-  const Vec16 lo = select(x < -88.0f, splat(-88.0f), x);  // both compares are false for NaN
-  return select(lo > 0.0f, splat(0.0f), lo);
-#endif
-}
-
-// exp_nonpositive of a value already clamped by clamp_shift16: the same reduction and polynomial (row_math.h),
-// exactly 0 at -88.
-inline Vec16 exp_clamped16(Vec16 xc) {
-  const Vec16 n = (xc * kExpLog2e + kExpRoundMagic) - kExpRoundMagic;
-  const Vec16 r = (xc - n * kExpLn2Hi) - n * kExpLn2Lo;
-  Vec16 p = splat(kExpP0);
-  p = p * r + kExpP1;
-  p = p * r + kExpP2;
-  p = p * r + kExpP3;
-  p = p * r + kExpP4;
-  p = p * r + kExpP5;
-  p = p * r * r + r + 1.0f;
-  const Int16 bits = (__builtin_convertvector(n, Int16) + 127) << 23;
-  return p * reinterpret_cast<const Vec16&>(bits);
-}
-
-inline Vec16 exp_nonpositive16(Vec16 x) { return exp_clamped16(clamp_shift16(x)); }
 
 // Base 2: the tile epilogues work on t = s * log2(e) (s a shifted logit), which saves the Cody-Waite step.
 constexpr float kLn2 = 0.693147180559945309f;
