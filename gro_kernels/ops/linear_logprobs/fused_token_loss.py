@@ -11,10 +11,12 @@ epilogue goes too: G = diag(-g_l p_scale / tau) E + onehot * g_l / tau, where E 
 what the forward epilogue leaves in the buffer, so dhidden = diag(.) (E @ W) + g_l/tau * W[y] and
 dW += E^T (diag(.) h) + scatter of g_l/tau * h at the targets (one pass over the chunk saved).
 
-On CPU with a 16-bit head, when dW is needed over several row chunks, the op runs the plain forward, the
-token function, then the vocabulary-tiled backward instead (4 GEMMs; see _forward_then_tiled_backward): next
-to the AMX bf16 GEMMs the one-pass loop's per-chunk read-modify-write of the fp32 [V, H] dW costs more than
-the fourth GEMM. fp32 heads keep the one-pass loop (their dW accumulates inside the fp32 GEMM, beta = 1).
+On CPU with a 16-bit head, when dW is needed over several row chunks, and always where the fused bf16 CPU head
+runs (chunk_buffer.fused_head_available), the op runs the plain forward, the token function, then the
+vocabulary-tiled backward instead (4 GEMMs; see _forward_then_tiled_backward): next to the AMX bf16 GEMMs the
+one-pass loop's per-chunk read-modify-write of the fp32 [V, H] dW costs more than the fourth GEMM, and the fused
+head's forward is what linear_logprobs_no_grad runs, so the logprobs stay bitwise equal to it. fp32 heads keep
+the one-pass loop (their dW accumulates inside the fp32 GEMM, beta = 1).
 
 The per-token math is a *registered* function (a custom op cannot take a Python callable): see
 `register_token_fn`. Its per-token inputs (advantages, old/reference logprobs, weights) travel as a
@@ -26,6 +28,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..common import compaction
+from ..common.chunk_buffer import fused_head_available
 from . import chunked, epilogues
 
 _TOKEN_FNS: dict = {}
@@ -82,11 +85,13 @@ def forward_with_grads(hidden, weight, bias, targets, token_fn, token_args, toke
     extras = torch.empty(n, num_extras, **f32)
     any_grad = needs_hidden or needs_weight or needs_bias
     rows = min(chunk_size, max(n, 1))
-    if needs_weight and n > rows and hidden.device.type == "cpu" and hidden.dtype != torch.float32:
+    lowp_cpu = hidden.device.type == "cpu" and hidden.dtype != torch.float32
+    if (needs_weight and n > rows and lowp_cpu) or fused_head_available(hidden, weight, bias):
         return _forward_then_tiled_backward(fn, num_extras, hidden, weight, bias, targets, token_args, token_params,
                                             inv_temperature=inv_temperature, ignore_index=ignore_index,
                                             with_entropy=with_entropy, chunk_size=chunk_size,
-                                            needs_hidden=needs_hidden, needs_bias=needs_bias)
+                                            needs_hidden=needs_hidden, needs_weight=needs_weight,
+                                            needs_bias=needs_bias)
     grads = chunked.GradAccumulators(hidden, weight, needs_hidden, needs_weight, needs_bias)
     buffer = chunked.ChunkBuffer(rows, vocab, hidden.dtype, hidden.device)
     # Without entropy there is no entropy gradient, and dLoss/dz = (g_l / tau) (onehot - p): the forward
@@ -125,12 +130,14 @@ def forward_with_grads(hidden, weight, bias, targets, token_fn, token_args, toke
 
 
 def _forward_then_tiled_backward(fn, num_extras, hidden, weight, bias, targets, token_args, token_params, *,
-                                 inv_temperature, ignore_index, with_entropy, chunk_size, needs_hidden, needs_bias):
+                                 inv_temperature, ignore_index, with_entropy, chunk_size, needs_hidden, needs_weight,
+                                 needs_bias):
     """forward_with_grads as the plain chunked forward, the token function, then the vocabulary-tiled backward.
 
     Used on CPU for 16-bit heads when dweight is needed over more than one row chunk: there the one-pass loop's per-chunk
     read-modify-write of the fp32 [V, H] dweight costs more than the fourth GEMM (recomputing the logits,
-    docs/math.md §6). The logprobs are the plain forward's, bit for bit (the no-grad path's)."""
+    docs/math.md §6); and wherever the fused bf16 CPU head runs, whose forward is not the one-pass loop's
+    epilogue. The logprobs are the plain forward's, bit for bit (the no-grad path's)."""
     n = hidden.shape[0]
     logprobs, entropy, lse = chunked.forward(hidden, weight, bias, targets, inv_temperature=inv_temperature,
                                              ignore_index=ignore_index, with_entropy=with_entropy,
@@ -140,7 +147,7 @@ def _forward_then_tiled_backward(fn, num_extras, hidden, weight, bias, targets, 
     # Ignored rows get exactly zero gradient whatever the token function returned (the epilogue zeroes them).
     dh, dw, db = chunked.backward(g_l, g_h, hidden, weight, bias, targets, lse, entropy,
                                   inv_temperature=inv_temperature, ignore_index=ignore_index, chunk_size=chunk_size,
-                                  needs_hidden=needs_hidden, needs_weight=True, needs_bias=needs_bias)
+                                  needs_hidden=needs_hidden, needs_weight=needs_weight, needs_bias=needs_bias)
     return loss.float().reshape(()), logprobs, entropy, extras, dh, dw, db
 
 

@@ -34,3 +34,22 @@ def test_bf16_branch_matches_fp32_plain_path(monkeypatch, case, temperature, wit
     no_grad = gro_kernels.linear_logprobs_no_grad(hidden, weight, targets, bias, temperature=temperature,
                                                   chunk_size=16)
     assert torch.equal(fused[1], no_grad)  # old logprobs from the no-grad path give ratio exactly 1
+
+
+@pytest.mark.parametrize("frozen_head", [False, True], ids=["trained-head", "frozen-head"])
+def test_bf16_single_chunk_logprobs_equal_no_grad(frozen_head):
+    """One chunk (or a frozen head), where the one-pass loop would run: with the fused bf16 CPU head the op still
+    takes the forward the no-grad path runs, so old logprobs from it give a ratio of exactly 1."""
+    from gro_kernels.ops.common.chunk_buffer import fused_head_available
+    hidden, weight, bias, targets, args = make_case(n=40, hidden_size=16, vocab=211, bias=True, n_ignored=5)
+    hidden, weight, bias = (t.to(torch.bfloat16) for t in (hidden, weight, bias))
+    if not fused_head_available(hidden, weight, bias):
+        pytest.skip("no fused bf16 CPU head here")
+    h = hidden.clone().requires_grad_()
+    w = weight.clone().requires_grad_(not frozen_head)
+    loss, logprobs, _, _ = ftl.fused_token_loss(h, w, bias, targets, "tests.clipped_surrogate", args, [0.05],
+                                                chunk_size=64)
+    loss.backward()
+    assert h.grad is not None and (w.grad is None) == frozen_head
+    no_grad = gro_kernels.linear_logprobs_no_grad(hidden, weight, targets, bias, chunk_size=64)
+    assert torch.equal(logprobs, no_grad)
