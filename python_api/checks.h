@@ -43,11 +43,29 @@ inline ChunkLayout check_logits_chunk(const at::Tensor& logits, const at::Tensor
   return token_major ? ChunkLayout{false, logits.stride(0)} : ChunkLayout{true, logits.stride(1)};
 }
 
+// t: a contiguous [n] float32 (or int64, with is_index) tensor on `device`.
+inline void check_vector(const at::Tensor& t, int64_t n, const c10::Device& device, const char* name,
+                         bool is_index = false) {
+  TORCH_CHECK(t.device() == device, "gro_C: ", name, " must be on ", device, ", got ", t.device());
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == n && t.is_contiguous(), "gro_C: ", name, " must be contiguous [", n,
+              "], got shape ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == (is_index ? at::kLong : at::kFloat), "gro_C: ", name, " must be ",
+              is_index ? "int64" : "float32", ", got ", t.scalar_type());
+}
+
+// A per-row fp32 vector of a logits chunk.
 inline void check_row_vector(const at::Tensor& t, const at::Tensor& logits, const char* name) {
-  TORCH_CHECK(t.device() == logits.device(), "gro_C: ", name, " must be on ", logits.device(), ", got ", t.device());
-  TORCH_CHECK(t.dim() == 1 && t.size(0) == logits.size(0) && t.is_contiguous(), "gro_C: ", name,
-              " must be contiguous [", logits.size(0), "], got shape ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == at::kFloat, "gro_C: ", name, " must be float32, got ", t.scalar_type());
+  check_vector(t, logits.size(0), logits.device(), name);
+}
+
+// CPU targets: each id in [0, vocab) or ignore_index. A wrong id would index outside a row: refuse it here
+// instead of reading stray memory.
+inline void check_cpu_targets_in_range(const at::Tensor& targets, int64_t vocab, int64_t ignore_index) {
+  const int64_t* y = targets.data_ptr<int64_t>();
+  for (int64_t r = 0; r < targets.size(0); ++r) {
+    TORCH_CHECK(y[r] == ignore_index || (y[r] >= 0 && y[r] < vocab), "gro_C: target id ", y[r], " at row ", r,
+                " is outside [0, ", vocab, ") and is not ignore_index=", ignore_index);
+  }
 }
 
 // group_advantages: rewards [B] fp32, offsets [G+1] int64 on the same device, a known mode, eps >= 0.

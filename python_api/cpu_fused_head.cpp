@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "../csrc/cpu/logprob_tiles.h"
+#include "checks.h"
 
 namespace {
 
@@ -60,21 +61,6 @@ void check_head_operands(const at::Tensor& hidden, const at::Tensor& weight, con
                     bias->is_contiguous() && bias->device().is_cpu(),
                 "gro_C: ", op, " needs bias contiguous bfloat16 [", weight.size(0), "], got ", bias->sizes(), " ",
                 bias->scalar_type());
-  }
-}
-
-void check_token_vector(const at::Tensor& t, int64_t n, c10::ScalarType dtype, const char* name) {
-  TORCH_CHECK(t.device().is_cpu() && t.dim() == 1 && t.size(0) == n && t.is_contiguous() && t.scalar_type() == dtype,
-              "gro_C: ", name, " must be a contiguous CPU ", dtype, " tensor [", n, "], got ", t.sizes(), " ",
-              t.scalar_type(), " on ", t.device());
-}
-
-void check_targets(const at::Tensor& targets, int64_t vocab, int64_t ignore_index, bool vocab_shard) {
-  if (vocab_shard) return;  // other shards' ids are outside [0, vocab): no logit is read for them
-  const int64_t* y = targets.data_ptr<int64_t>();
-  for (int64_t r = 0; r < targets.size(0); ++r) {
-    TORCH_CHECK(y[r] == ignore_index || (y[r] >= 0 && y[r] < vocab), "gro_C: target id ", y[r], " at row ", r,
-                " is outside [0, ", vocab, ") and is not ignore_index=", ignore_index);
   }
 }
 
@@ -194,12 +180,13 @@ void head_forward_lowp(const at::Tensor& hidden, const at::Tensor& weight, const
                        const at::Tensor& logprob, const at::Tensor& lse, const std::optional<at::Tensor>& entropy) {
   check_head_operands(hidden, weight, bias, "head_forward_lowp");
   const int64_t n = hidden.size(0);
-  check_token_vector(targets, n, at::kLong, "targets");
-  check_token_vector(logprob, n, at::kFloat, "logprob");
-  check_token_vector(lse, n, at::kFloat, "lse");
-  if (entropy.has_value()) check_token_vector(*entropy, n, at::kFloat, "entropy");
+  gro::check_vector(targets, n, at::kCPU, "targets", true);
+  gro::check_vector(logprob, n, at::kCPU, "logprob");
+  gro::check_vector(lse, n, at::kCPU, "lse");
+  if (entropy.has_value()) gro::check_vector(*entropy, n, at::kCPU, "entropy");
   TORCH_CHECK(inv_temperature > 0.0, "gro_C: inv_temperature must be > 0, got ", inv_temperature);
-  check_targets(targets, weight.size(0), ignore_index, vocab_shard);
+  // On a vocabulary shard, ids outside [0, vocab) are other shards' tokens (no logit is read for them).
+  if (!vocab_shard) gro::check_cpu_targets_in_range(targets, weight.size(0), ignore_index);
   if (n == 0) return;
   TORCH_CHECK(weight.size(0) > 0, "gro_C: head_forward_lowp needs a non-empty vocabulary");
   head_forward(hidden.contiguous(), weight, bias.has_value() ? bias->data_ptr<bf16>() : nullptr,
@@ -294,15 +281,15 @@ void head_logit_grad_lowp(const at::Tensor& grad, const at::Tensor& packed_hidde
                   (vocab <= 1 || grad.stride(0) >= rows),
               "gro_C: head_logit_grad_lowp_ needs a CPU bfloat16 grad [", vocab, ", ", rows,
               "] with contiguous rows, got ", grad.sizes(), " strides ", grad.strides(), " ", grad.scalar_type());
-  check_token_vector(targets, rows, at::kLong, "targets");
-  check_token_vector(lse, rows, at::kFloat, "lse");
-  check_token_vector(grad_logprob, rows, at::kFloat, "grad_logprob");
+  gro::check_vector(targets, rows, at::kCPU, "targets", true);
+  gro::check_vector(lse, rows, at::kCPU, "lse");
+  gro::check_vector(grad_logprob, rows, at::kCPU, "grad_logprob");
   TORCH_CHECK(entropy.has_value() == grad_entropy.has_value(), "gro_C: grad_entropy and entropy must be given together");
   if (entropy.has_value()) {
-    check_token_vector(*entropy, rows, at::kFloat, "entropy");
-    check_token_vector(*grad_entropy, rows, at::kFloat, "grad_entropy");
+    gro::check_vector(*entropy, rows, at::kCPU, "entropy");
+    gro::check_vector(*grad_entropy, rows, at::kCPU, "grad_entropy");
   }
-  if (grad_bias.has_value()) check_token_vector(*grad_bias, vocab, at::kFloat, "grad_bias");
+  if (grad_bias.has_value()) gro::check_vector(*grad_bias, vocab, at::kCPU, "grad_bias");
   TORCH_CHECK(inv_temperature > 0.0, "gro_C: inv_temperature must be > 0, got ", inv_temperature);
   if (rows == 0 || vocab == 0) return;
   const GradInputs in{targets.data_ptr<int64_t>(), vocab_offset, ignore_index, static_cast<float>(inv_temperature),

@@ -10,15 +10,6 @@
 
 namespace {
 
-void check_targets_in_range(const at::Tensor& targets, int64_t vocab, int64_t ignore_index) {
-  // A wrong id would index outside the row: refuse it here instead of reading stray memory.
-  const int64_t* y = targets.data_ptr<int64_t>();
-  for (int64_t r = 0; r < targets.size(0); ++r) {
-    TORCH_CHECK(y[r] == ignore_index || (y[r] >= 0 && y[r] < vocab), "gro_C: target id ", y[r], " at row ", r,
-                " is outside [0, ", vocab, ") and is not ignore_index=", ignore_index);
-  }
-}
-
 void logprob_forward_cpu(const at::Tensor& logits, const at::Tensor& targets, double inv_temperature,
                          int64_t ignore_index, const at::Tensor& logprob, const at::Tensor& lse,
                          const std::optional<at::Tensor>& entropy, bool vocab_shard) {
@@ -28,7 +19,7 @@ void logprob_forward_cpu(const at::Tensor& logits, const at::Tensor& targets, do
   if (entropy.has_value()) gro::check_row_vector(*entropy, logits, "entropy");
   TORCH_CHECK(inv_temperature > 0.0, "gro_C: inv_temperature must be > 0, got ", inv_temperature);
   // On a vocabulary shard, ids outside [0, vocab) are other shards' tokens (the kernel reads no logit for them).
-  if (!vocab_shard) check_targets_in_range(targets, logits.size(1), ignore_index);
+  if (!vocab_shard) gro::check_cpu_targets_in_range(targets, logits.size(1), ignore_index);
   const auto forward = layout.vocab_major ? &gro::cpu::logprob_forward_vocab_major : &gro::cpu::logprob_forward;
   forward(logits.data_ptr<float>(), logits.size(0), logits.size(1), layout.ld, targets.data_ptr<int64_t>(),
           static_cast<float>(inv_temperature), ignore_index, logprob.data_ptr<float>(),
@@ -47,7 +38,7 @@ void logit_grad_cpu(const at::Tensor& logits, const at::Tensor& targets, double 
     gro::check_row_vector(*grad_entropy, logits, "grad_entropy");
     gro::check_row_vector(*entropy, logits, "entropy");
   }
-  if (!vocab_shard) check_targets_in_range(targets, logits.size(1), ignore_index);
+  if (!vocab_shard) gro::check_cpu_targets_in_range(targets, logits.size(1), ignore_index);
   const auto logit_grad =
       layout.vocab_major ? &gro::cpu::logit_grad_inplace_vocab_major : &gro::cpu::logit_grad_inplace;
   logit_grad(logits.data_ptr<float>(), logits.size(0), logits.size(1), layout.ld, targets.data_ptr<int64_t>(),
@@ -65,7 +56,7 @@ void logprob_forward_exp_cpu(const at::Tensor& logits, const at::Tensor& targets
   gro::check_row_vector(exp_scale, logits, "exp_scale");
   if (entropy.has_value()) gro::check_row_vector(*entropy, logits, "entropy");
   TORCH_CHECK(inv_temperature > 0.0, "gro_C: inv_temperature must be > 0, got ", inv_temperature);
-  check_targets_in_range(targets, logits.size(1), ignore_index);
+  gro::check_cpu_targets_in_range(targets, logits.size(1), ignore_index);
   gro::cpu::logprob_forward_exp(logits.data_ptr<float>(), logits.size(0), logits.size(1), layout.ld,
                                 layout.vocab_major, targets.data_ptr<int64_t>(), static_cast<float>(inv_temperature),
                                 ignore_index, logprob.data_ptr<float>(),
