@@ -138,13 +138,21 @@ class GradAccumulators:
         return self.d_hidden, cast(self.d_weight), cast(self.d_bias)
 
 
-def _tile_targets(targets, v0, v1, ignore_index):
-    """Target ids local to the vocabulary tile [v0, v1): t - v0 inside it, ignore_index kept, and any other id
-    (another tile's or shard's token) mapped to one outside [0, v1 - v0) that is not ignore_index, so the
-    vocab_shard epilogue gives it the softmax part only."""
-    outside = -1 if ignore_index != -1 else -2
-    inside = (targets >= v0) & (targets < v1)
-    return torch.where(inside, targets - v0, torch.where(targets == ignore_index, ignore_index, outside))
+# Local target ids of a vocabulary range (a backward tile, or a vocab-parallel shard): the user's ignore_index may be
+# any int, and a non-negative one would collide with a local column, so ignored rows and rows whose target is in
+# another range get two fixed negative ids.
+LOCAL_IGNORE = -1
+FOREIGN = -2
+
+
+def local_targets(targets, start, size, ignore_index):
+    """(local ids: t - start where owned, FOREIGN elsewhere, LOCAL_IGNORE on ignored rows; valid; owned) for the
+    vocabulary range [start, start + size). The vocab_shard epilogues, called with ignore_index=LOCAL_IGNORE, give
+    FOREIGN rows the softmax part only."""
+    valid = targets != ignore_index
+    local = targets - start
+    owned = valid & (local >= 0) & (local < size)
+    return torch.where(owned, local, torch.where(valid, FOREIGN, LOCAL_IGNORE)), valid, owned
 
 
 def backward(grad_logprobs, grad_entropy, hidden, weight, bias, targets, lse, entropy, *,
@@ -191,8 +199,11 @@ def backward(grad_logprobs, grad_entropy, hidden, weight, bias, targets, lse, en
             if softcap:
                 factor = torch.empty_like(g32)
                 epilogues.softcap_(g32, softcap, softcap_scale, grad_factor=factor)
-            local = row_targets if (v0 == 0 and v1 == vocab) else _tile_targets(row_targets, v0, v1, ignore_index)
-            bwd_epilogue(g32, local, inv_temperature, ignore_index, row_lse, row_entropy,
+            if v0 == 0 and v1 == vocab:
+                local, local_ignore = row_targets, ignore_index
+            else:
+                local, local_ignore = local_targets(row_targets, v0, v1 - v0, ignore_index)[0], LOCAL_IGNORE
+            bwd_epilogue(g32, local, inv_temperature, local_ignore, row_lse, row_entropy,
                          grad_logprobs[r0:r1], row_g_entropy, vocab_shard or v1 - v0 < vocab)
             if factor is not None:
                 g32.mul_(factor)

@@ -20,19 +20,14 @@ import torch
 from ..common import collectives, compaction
 from . import chunked
 
-# Local target ids handed to the shard kernels: the user's ignore_index may be any int, so ignored rows
-# and rows owned by another shard get two fixed negative ids (never a valid local column).
-LOCAL_IGNORE = -1
-FOREIGN = -2
+# Local target ids handed to the shard kernels (chunked.local_targets): ignored rows and rows owned by another
+# shard get two fixed negative ids, never a valid local column.
+LOCAL_IGNORE, FOREIGN = chunked.LOCAL_IGNORE, chunked.FOREIGN
 
 
 def local_targets(targets, shard, ignore_index):
     """(local ids: t - start where owned, FOREIGN elsewhere, LOCAL_IGNORE on ignored rows; valid; owned)."""
-    valid = targets != ignore_index
-    local = targets - shard.start
-    owned = valid & (local >= 0) & (local < shard.size)
-    foreign = torch.full_like(targets, FOREIGN)
-    return torch.where(owned, local, torch.where(valid, foreign, LOCAL_IGNORE)), valid, owned
+    return chunked.local_targets(targets, shard.start, shard.size, ignore_index)
 
 
 def combine(gathered, valid, with_entropy):

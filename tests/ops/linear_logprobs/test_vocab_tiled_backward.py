@@ -78,6 +78,18 @@ def test_ignore_index_minus_one_is_not_confused_with_other_tiles_targets():
     assert got[0][3].abs().max() == 0  # the ignored row
 
 
+def test_non_negative_ignore_index_is_not_confused_with_tile_local_ids():
+    """ignore_index 0: a target at a tile's first column has local id 0, which must not read as ignored."""
+    hidden, weight, targets, _ = make_inputs(16, 8, 50, ignored=())
+    targets[:4] = torch.tensor([9, 18, 27, 0])  # the first column of tiles 1-3 (tile 9), and one ignored row
+    g_l = torch.ones(16)
+    got = _tiled(hidden, weight, None, targets, g_l, None, 1.0, chunk_size=16, vocab_tile=9, ignore_index=0)
+    masked = torch.where(targets == 0, -100, targets)
+    _, _, want = oracle(hidden, weight, masked, None, g_l, torch.zeros(16))
+    assert _max_err(got[0], want[0]) <= 2e-5 and _max_err(got[1], want[1]) <= 2e-5
+    assert got[0][3].abs().max() == 0  # the ignored row
+
+
 def test_vocab_shards_sum_to_the_full_gradient():
     """vocab_shard=True with tiles inside each shard: shard dweights stack and dhidden shares sum to the full ones."""
     hidden, weight, targets, bias = make_inputs(21, 16, 90, bias=True, ignored=(4,))
