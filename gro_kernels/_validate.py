@@ -10,7 +10,7 @@ import os
 
 import torch
 
-from .ops.common.chunking import env_chunk_size
+from .ops.common.chunking import env_chunk_size, env_logit_store_elements
 
 
 
@@ -163,9 +163,11 @@ def check_chunk_size(chunk_size):
 
 
 def check_chunk_size_env():
-    """GRO_CHUNK_SIZE, when set, must be a positive int: checked at the boundary with the rule the chunk loops
-    (ops/*/chunked.py) read it by, so every call that can reach them answers before any work."""
+    """GRO_CHUNK_SIZE, when set, must be a positive int, and GRO_LOGIT_STORE_MIB an int >= 0: checked at the boundary
+    with the rules the chunk loops (ops/*/chunked.py) read them by, so every call that can reach them answers before
+    any work."""
     env_chunk_size()
+    env_logit_store_elements()
 
 
 def check_kl_inputs(hidden, weight, ref_hidden, ref_weight, bias, ref_bias, mask, temperature, chunk_size):

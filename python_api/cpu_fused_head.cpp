@@ -22,6 +22,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <vector>
 
@@ -116,8 +117,19 @@ struct Tile {
   Tile() { std::fill_n(data, kTile * kTile, 0.0f); }
 };
 
+// The logit store (grad-in-forward losses, docs/math.md §6): the fp32 tiles of vocabulary blocks 0 : blocks, block b
+// and token panel p at tiles + (b * panels + p) * kTileTokens^2, written by the forward and read back by the backward
+// instead of recomputing them (the same tiles, bit for bit: same packed panels, same micro-kernel call).
+struct LogitStore {
+  float* tiles = nullptr;
+  int64_t blocks = 0;
+  int64_t panels = 0;
+  float* tile(int64_t block, int64_t panel) const { return tiles + (block * panels + panel) * kTile * kTile; }
+};
+
 void head_forward(const at::Tensor& hidden, const at::Tensor& weight, const bf16* bias, const int64_t* targets,
-                  float inv_tau, int64_t ignore_index, float* logprob, float* lse, float* entropy) {
+                  float inv_tau, int64_t ignore_index, float* logprob, float* lse, float* entropy,
+                  const LogitStore& store) {
   const int64_t n = hidden.size(0), k = hidden.size(1), vocab = weight.size(0), ldw = weight.stride(0);
   const bf16* h = hidden.data_ptr<bf16>();
   const bf16* w = weight.data_ptr<bf16>();
@@ -149,14 +161,19 @@ void head_forward(const at::Tensor& hidden, const at::Tensor& weight, const bf16
         const int64_t v0 = b * kTile, entries = std::min(kTile, vocab - v0);
         for (int64_t p = p0; p < p1; ++p) {
           const int64_t t0 = p * kTile, tokens = std::min(kTile, n - t0);
-          compute_tile(tile.data, w, ldw, bias, packed.data() + (p - p0) * k * kTile, k, v0, entries, tokens);
+          // A stored full panel is computed in place; a short one in the zero-padded tile, then copied, so that
+          // the store's columns past `tokens` hold finite values for the backward's vector epilogue.
+          const bool stored = b < store.blocks;
+          float* z = stored && tokens == kTile ? store.tile(b, p) : tile.data;
+          compute_tile(z, w, ldw, bias, packed.data() + (p - p0) * k * kTile, k, v0, entries, tokens);
+          if (stored && z == tile.data) std::memcpy(store.tile(b, p), tile.data, sizeof(tile.data));
           for (int64_t j = 0; j < tokens; ++j) {
             const int64_t y = targets[t0 + j];
             if (y != ignore_index && y >= v0 && y < v0 + entries) {
-              target_logit[t0 + j] = tile.data[(y - v0) * kTile + j];
+              target_logit[t0 + j] = z[(y - v0) * kTile + j];
             }
           }
-          gro::cpu::tile_stats_update(tile.data, entries, tokens, inv_tau, stats_of(range, t0));
+          gro::cpu::tile_stats_update(z, entries, tokens, inv_tau, stats_of(range, t0));
         }
       }
     }
@@ -175,11 +192,30 @@ void head_forward(const at::Tensor& hidden, const at::Tensor& weight, const bf16
   });
 }
 
+// The logit store of a batch of `rows` tokens: fp32 [blocks <= max_blocks, panels, 64, 64], contiguous (LogitStore).
+LogitStore checked_store(const std::optional<at::Tensor>& logit_store, int64_t rows, int64_t max_blocks,
+                         const char* op) {
+  LogitStore store;
+  if (!logit_store.has_value()) return store;
+  const at::Tensor& t = *logit_store;
+  const int64_t panels = (rows + kTile - 1) / kTile;
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous() && t.dim() == 4 &&
+                  t.size(0) <= max_blocks && t.size(1) == panels && t.size(2) == kTile && t.size(3) == kTile,
+              "gro_C: ", op, " needs logit_store contiguous fp32 [<= ", max_blocks, ", ", panels, ", ", kTile, ", ",
+              kTile, "] for ", rows, " tokens, got ", t.sizes(), " ", t.scalar_type());
+  store.tiles = t.data_ptr<float>();
+  store.blocks = t.size(0);
+  store.panels = panels;
+  return store;
+}
+
 void head_forward_lowp(const at::Tensor& hidden, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                        const at::Tensor& targets, double inv_temperature, int64_t ignore_index, bool vocab_shard,
-                       const at::Tensor& logprob, const at::Tensor& lse, const std::optional<at::Tensor>& entropy) {
+                       const at::Tensor& logprob, const at::Tensor& lse, const std::optional<at::Tensor>& entropy,
+                       const std::optional<at::Tensor>& logit_store) {
   check_head_operands(hidden, weight, bias, "head_forward_lowp");
   const int64_t n = hidden.size(0);
+  const LogitStore store = checked_store(logit_store, n, (weight.size(0) + kTile - 1) / kTile, "head_forward_lowp");
   gro::check_vector(targets, n, at::kCPU, "targets", true);
   gro::check_vector(logprob, n, at::kCPU, "logprob");
   gro::check_vector(lse, n, at::kCPU, "lse");
@@ -192,7 +228,7 @@ void head_forward_lowp(const at::Tensor& hidden, const at::Tensor& weight, const
   head_forward(hidden.contiguous(), weight, bias.has_value() ? bias->data_ptr<bf16>() : nullptr,
                targets.data_ptr<int64_t>(), static_cast<float>(inv_temperature), ignore_index,
                logprob.data_ptr<float>(), lse.data_ptr<float>(),
-               entropy.has_value() ? entropy->data_ptr<float>() : nullptr);
+               entropy.has_value() ? entropy->data_ptr<float>() : nullptr, store);
 }
 
 at::Tensor pack_hidden_lowp(const at::Tensor& hidden) {
@@ -211,8 +247,11 @@ struct GradInputs {
   const float* g_entropy;
 };
 
+// store: the forward's tiles of the whole head (blocks numbered from the head's first entry); this call's block b is
+// the head's block store_offset + b, read from the store when it holds it instead of recomputed.
 void head_logit_grad(const at::Tensor& grad, const bf16* packed, int64_t n, const at::Tensor& weight,
-                     const bf16* bias, const GradInputs& in, float* grad_bias) {
+                     const bf16* bias, const GradInputs& in, float* grad_bias, const LogitStore& store,
+                     int64_t store_offset) {
   const int64_t k = weight.size(1), vocab = weight.size(0), ldw = weight.stride(0), ldg = grad.stride(0);
   const bf16* w = weight.data_ptr<bf16>();
   uint16_t* out = reinterpret_cast<uint16_t*>(grad.data_ptr<bf16>());
@@ -231,7 +270,9 @@ void head_logit_grad(const at::Tensor& grad, const bf16* packed, int64_t n, cons
         float* bias_sum = bias_sums.data() + b * kTile;
         const int64_t v0 = b * kTile, entries = std::min(kTile, vocab - v0);
         const int64_t t0 = p * kTile, tokens = std::min(kTile, n - t0);
-        compute_tile(tile.data, w, ldw, bias, packed + p * k * kTile, k, v0, entries, tokens);
+        // A stored tile is consumed in place (the bias gradient's pass overwrites it with dLoss/dz).
+        float* z = store_offset + b < store.blocks ? store.tile(store_offset + b, p) : tile.data;
+        if (z == tile.data) compute_tile(z, w, ldw, bias, packed + p * k * kTile, k, v0, entries, tokens);
         for (int64_t j = 0; j < tokens; ++j) {
           // The one-hot term's row: a kept token whose target (a global id) falls in this block.
           const int64_t y = in.targets[t0 + j] - in.vocab_offset - v0;
@@ -240,11 +281,11 @@ void head_logit_grad(const at::Tensor& grad, const bf16* packed, int64_t n, cons
         const gro::cpu::TokenGradInputs inputs{in.lse + t0, keep.data() + t0, in.g_logprob + t0, target_entry,
                                                in.g_entropy != nullptr ? in.g_entropy + t0 : nullptr,
                                                in.entropy != nullptr ? in.entropy + t0 : nullptr};
-        gro::cpu::tile_logit_grad_bf16(tile.data, entries, tokens, in.inv_tau, inputs, out + v0 * ldg + t0, ldg,
+        gro::cpu::tile_logit_grad_bf16(z, entries, tokens, in.inv_tau, inputs, out + v0 * ldg + t0, ldg,
                                        grad_bias != nullptr);
         if (grad_bias != nullptr) {
           for (int64_t i = 0; i < entries; ++i) {
-            const float* row = tile.data + i * kTile;
+            const float* row = z + i * kTile;
             float s = 0.0f;
             for (int64_t j = 0; j < tokens; ++j) s += row[j];
             bias_sum[i] += s;
@@ -267,9 +308,13 @@ void head_logit_grad_lowp(const at::Tensor& grad, const at::Tensor& packed_hidde
                           const at::Tensor& weight, const std::optional<at::Tensor>& bias, const at::Tensor& targets,
                           int64_t vocab_offset, double inv_temperature, int64_t ignore_index, const at::Tensor& lse,
                           const std::optional<at::Tensor>& entropy, const at::Tensor& grad_logprob,
-                          const std::optional<at::Tensor>& grad_entropy, const std::optional<at::Tensor>& grad_bias) {
+                          const std::optional<at::Tensor>& grad_entropy, const std::optional<at::Tensor>& grad_bias,
+                          const std::optional<at::Tensor>& logit_store, int64_t store_offset) {
   check_head_operands(weight, weight, bias, "head_logit_grad_lowp_");
   const int64_t k = weight.size(1), vocab = weight.size(0);
+  // The store holds blocks of the whole head, whose tile this call's weight is (blocks past it are never read).
+  const LogitStore store = checked_store(logit_store, rows, INT64_MAX, "head_logit_grad_lowp_");
+  TORCH_CHECK(store_offset >= 0, "gro_C: head_logit_grad_lowp_ needs store_offset >= 0, got ", store_offset);
   const int64_t panels = (rows + kTile - 1) / kTile;
   TORCH_CHECK(packed_hidden.scalar_type() == at::kBFloat16 && packed_hidden.is_contiguous() &&
                   packed_hidden.dim() == 3 && packed_hidden.size(0) == panels && packed_hidden.size(1) == k &&
@@ -298,7 +343,7 @@ void head_logit_grad_lowp(const at::Tensor& grad, const at::Tensor& packed_hidde
                       grad_entropy.has_value() ? grad_entropy->data_ptr<float>() : nullptr};
   head_logit_grad(grad, packed_hidden.data_ptr<bf16>(), rows, weight,
                   bias.has_value() ? bias->data_ptr<bf16>() : nullptr, in,
-                  grad_bias.has_value() ? grad_bias->data_ptr<float>() : nullptr);
+                  grad_bias.has_value() ? grad_bias->data_ptr<float>() : nullptr, store, store_offset);
 }
 
 }  // namespace
@@ -307,19 +352,23 @@ TORCH_LIBRARY_FRAGMENT(gro_C, m) {
   // Fused bf16 head (CPU): whether this CPU's micro-kernel takes dtype ("bfloat16"; "float16" is always false).
   m.def("fused_head_available(str dtype) -> bool", &fused_head_available);
   // lse, target logprob and (optionally) entropy of softmax((hidden @ weight^T + bias) / tau) per token, the
-  // logits never stored (the contract of logprob_forward, vocab_shard included).
+  // logits never stored (the contract of logprob_forward, vocab_shard included), except the fp32 tiles of the
+  // first vocabulary blocks into logit_store when given (see LogitStore).
   m.def(
       "head_forward_lowp(Tensor hidden, Tensor weight, Tensor? bias, Tensor targets, float inv_temperature, "
-      "int ignore_index, bool vocab_shard, Tensor(a!) logprob, Tensor(b!) lse, Tensor(c!)? entropy) -> ()");
+      "int ignore_index, bool vocab_shard, Tensor(a!) logprob, Tensor(b!) lse, Tensor(c!)? entropy, "
+      "Tensor(d!)? logit_store=None) -> ()");
   // hidden [N, H] as the VNNI panels head_logit_grad_lowp_ reads (pack once, use for every vocabulary tile).
   m.def("pack_hidden_lowp(Tensor hidden) -> Tensor");
   // grad [Vt, rows] (bf16, vocab-major) <- dLoss/dz of the vocabulary tile `weight` = W[offset : offset + Vt]
   // (the contract of logit_grad_ with vocab_shard: lse / entropy of the full vocabulary; targets are ids of W,
-  // vocab_offset the tile's first one); grad_bias [Vt] fp32 += its column sums.
+  // vocab_offset the tile's first one); grad_bias [Vt] fp32 += its column sums. logit_store: the forward's, whose
+  // block store_offset is this tile's first block; the tiles it holds are read (and overwritten), not recomputed.
   m.def(
       "head_logit_grad_lowp_(Tensor(a!) grad, Tensor packed_hidden, int rows, Tensor weight, Tensor? bias, "
       "Tensor targets, int vocab_offset, float inv_temperature, int ignore_index, Tensor lse, Tensor? entropy, "
-      "Tensor grad_logprob, Tensor? grad_entropy, Tensor(b!)? grad_bias) -> ()");
+      "Tensor grad_logprob, Tensor? grad_entropy, Tensor(b!)? grad_bias, Tensor(c!)? logit_store=None, "
+      "int store_offset=0) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(gro_C, CPU, m) {

@@ -1,4 +1,5 @@
-"""GRO_CHUNK_SIZE as the chunk loops read it (the public calls check it first, with the same rule)."""
+"""GRO_CHUNK_SIZE and GRO_LOGIT_STORE_MIB as the chunk loops read them (the public calls check them first, with the
+same rules)."""
 
 import os
 from typing import Optional
@@ -16,3 +17,23 @@ def env_chunk_size() -> Optional[int]:
     if rows <= 0:
         raise ValueError(f"GRO_CHUNK_SIZE must be a positive int (rows per chunk) or unset, got {raw!r}")
     return rows
+
+
+# The logit store's default budget: 256 MiB of fp32 logits (docs/math.md §6, "Logit store").
+DEFAULT_LOGIT_STORE_MIB = 256
+
+
+def env_logit_store_elements() -> int:
+    """fp32 logits the grad-in-forward loss may keep from its forward for its backward, from GRO_LOGIT_STORE_MIB
+    (MiB, default DEFAULT_LOGIT_STORE_MIB; 0 turns the store off); a value that is not an int >= 0 raises."""
+    raw = os.environ.get("GRO_LOGIT_STORE_MIB")
+    if not raw:
+        return DEFAULT_LOGIT_STORE_MIB << 18
+    try:
+        mib = int(raw)
+    except ValueError:
+        mib = -1
+    if mib < 0:
+        raise ValueError(f"GRO_LOGIT_STORE_MIB must be an int >= 0 (MiB of fp32 logits; 0: no store) or unset, "
+                         f"got {raw!r}")
+    return mib << 18

@@ -16,6 +16,9 @@ from ..common.chunk_buffer import ChunkBuffer, fused_head_available, lowp_gemm_a
 from ..common.tiled_grads import TiledGrads, backward_tiles
 from . import epilogues
 
+# Tokens per panel and vocabulary entries per block of the fused CPU head's tiles (logprob_tiles.h kTileTokens).
+STORE_TILE = 64
+
 # Target logits per chunk buffer: 2^24 fp32 values = 64 MiB. Large enough that the GEMMs of a
 # chunk run near peak, small enough that extra memory stays flat in N.
 _BUFFER_ELEMENTS = 1 << 24
@@ -29,13 +32,31 @@ def default_chunk_size(n_rows: int, vocab: int) -> int:
     return max(1, min(n_rows, rows))
 
 
+def new_logit_store(hidden, weight, bias, chunk_size, budget_elements):
+    """The fused bf16 CPU head's logit store for a forward followed by backward in the same call (grad-in-forward
+    losses): the fp32 logit tiles of the head's first vocabulary blocks, at most budget_elements values, which the
+    backward reads instead of recomputing (docs/math.md §6, "Logit store"). None where it cannot serve: no fused
+    head, or a backward of several row blocks (the store holds the whole batch's panels)."""
+    n, vocab = hidden.shape[0], weight.shape[0]
+    if n == 0 or not fused_head_available(hidden, weight, bias):
+        return None
+    if backward_tiles(n, vocab, 2 * chunk_size)[0] < n:
+        return None
+    panels = -(-n // STORE_TILE)
+    blocks = min(-(-vocab // STORE_TILE), budget_elements // (panels * STORE_TILE * STORE_TILE))
+    if blocks <= 0:
+        return None
+    return torch.empty(blocks, panels, STORE_TILE, STORE_TILE, dtype=torch.float32, device=hidden.device)
+
+
 def forward(hidden, weight, bias, targets, *, inv_temperature, ignore_index, with_entropy, chunk_size,
-            vocab_shard=False, softcap=0.0, softcap_scale=1.0, stats=None):
+            vocab_shard=False, softcap=0.0, softcap_scale=1.0, stats=None, logit_store=None):
     """Returns (logprobs [N] fp32, entropy [N] fp32 or empty [0], lse [N] fp32).
 
     vocab_shard: weight/bias are one vocabulary shard (see epilogues.py); the outputs are the shard's.
     softcap > 0: each chunk's logits go through epilogues.softcap_ (with softcap_scale) before the epilogue.
-    stats: None or a [3, N] fp32 tensor that receives epilogues.stats_torch of every row."""
+    stats: None or a [3, N] fp32 tensor that receives epilogues.stats_torch of every row.
+    logit_store: from new_logit_store, filled here for backward."""
     n, vocab = hidden.shape[0], weight.shape[0]
     fwd_epilogue, _, _ = epilogues.pick(hidden.device.type)
     f32 = dict(dtype=torch.float32, device=hidden.device)
@@ -45,8 +66,10 @@ def forward(hidden, weight, bias, targets, *, inv_temperature, ignore_index, wit
         return logprobs, entropy, lse
     if not softcap and stats is None and fused_head_available(hidden, weight, bias):
         torch.ops.gro_C.head_forward_lowp(hidden, weight, bias, targets, inv_temperature, ignore_index, vocab_shard,
-                                          logprobs, lse, entropy if with_entropy else None)
+                                          logprobs, lse, entropy if with_entropy else None, logit_store)
         return logprobs, entropy, lse
+    if logit_store is not None:
+        raise ValueError("logit_store is the fused bf16 CPU head's (new_logit_store); this forward does not run it")
     rows = min(chunk_size, n)
     buffer = ChunkBuffer(rows, vocab, hidden.dtype, hidden.device)
     for start in range(0, n, rows):
@@ -157,7 +180,7 @@ def local_targets(targets, start, size, ignore_index):
 
 def backward(grad_logprobs, grad_entropy, hidden, weight, bias, targets, lse, entropy, *,
              inv_temperature, ignore_index, chunk_size, needs_hidden, needs_weight, needs_bias, vocab_shard=False,
-             softcap=0.0, softcap_scale=1.0, vocab_tile=None):
+             softcap=0.0, softcap_scale=1.0, vocab_tile=None, logit_store=None):
     """Returns (dhidden or None, dweight or None, dbias or None) in the input dtype.
 
     Vocabulary-tiled (docs/math.md §6): the saved full-vocabulary lse and entropy make dLoss/dz of a tile
@@ -170,7 +193,10 @@ def backward(grad_logprobs, grad_entropy, hidden, weight, bias, targets, lse, en
     the softcap is pointwise, so per tile as per chunk).
 
     vocab_shard: weight/bias are one vocabulary shard and lse/entropy the full vocabulary's; the result
-    is this shard's dweight/dbias and its share of dhidden (the caller sums dhidden over shards)."""
+    is this shard's dweight/dbias and its share of dhidden (the caller sums dhidden over shards).
+
+    logit_store: filled by forward on the same operands (new_logit_store); its tiles are read, not recomputed, and
+    consumed (overwritten)."""
     n, vocab = hidden.shape[0], weight.shape[0]
     _, bwd_epilogue, _ = epilogues.pick(hidden.device.type)
     fused = not softcap and fused_head_available(hidden, weight, bias)
@@ -179,9 +205,11 @@ def backward(grad_logprobs, grad_entropy, hidden, weight, bias, targets, lse, en
     grads = TiledGrads(hidden, weight, rows, tile, rows >= n, needs_hidden, needs_weight, needs_bias)
     if n == 0 or not (needs_hidden or needs_weight or needs_bias):
         return grads.result(n > 0)
+    if logit_store is not None and not (fused and rows >= n):
+        raise ValueError("logit_store needs the fused bf16 CPU head and a single row block (new_logit_store)")
     if fused:
         _fused_tiles(grads, grad_logprobs, grad_entropy, hidden, weight, bias, targets, lse, entropy, rows, tile,
-                     inv_temperature, ignore_index)
+                     inv_temperature, ignore_index, logit_store)
         return grads.result(True)
     buffer = ChunkBuffer(rows, tile, hidden.dtype, hidden.device)
     for r0 in range(0, n, rows):
@@ -213,10 +241,11 @@ def backward(grad_logprobs, grad_entropy, hidden, weight, bias, targets, lse, en
 
 
 def _fused_tiles(grads, grad_logprobs, grad_entropy, hidden, weight, bias, targets, lse, entropy, rows, tile,
-                 inv_temperature, ignore_index):
+                 inv_temperature, ignore_index, logit_store):
     """The tile loop of backward with the fused bf16 CPU head: each tile's dLoss/dz comes out of one op
     (logits GEMM + epilogue in cache, rounded to bf16 once) into a [tile, rows] buffer, the dhidden / dweight
-    GEMMs' operand; the bias gradient is summed inside the op."""
+    GEMMs' operand; the bias gradient is summed inside the op. A tile starting on a store block reads the stored
+    logits of the blocks the store holds (logit_store, single row block only)."""
     n, vocab = hidden.shape[0], weight.shape[0]
     storage = torch.empty(rows * tile, dtype=hidden.dtype, device=hidden.device)
     g_logprobs = grad_logprobs.float().contiguous()
@@ -231,9 +260,10 @@ def _fused_tiles(grads, grad_logprobs, grad_entropy, hidden, weight, bias, targe
             v1 = min(v0 + tile, vocab)
             w = weight[v0:v1]
             g = storage[: (v1 - v0) * (r1 - r0)].view(v1 - v0, r1 - r0)
+            store = logit_store if logit_store is not None and v0 % STORE_TILE == 0 else None
             torch.ops.gro_C.head_logit_grad_lowp_(
                 g, packed, r1 - r0, w, None if bias is None else bias[v0:v1], targets[r0:r1], v0, inv_temperature,
                 ignore_index, lse[r0:r1], row_entropy, g_logprobs[r0:r1], row_g_entropy,
-                None if grads.d_bias is None else grads.d_bias[v0:v1])
+                None if grads.d_bias is None else grads.d_bias[v0:v1], store, v0 // STORE_TILE)
             grads.add_tile(g.t(), None, h, w, r0, r1, v0, v1, first_block=r0 == 0)
         grads.end_block(r0, r1)

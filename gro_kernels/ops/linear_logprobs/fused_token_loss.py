@@ -13,10 +13,13 @@ dW += E^T (diag(.) h) + scatter of g_l/tau * h at the targets (one pass over the
 
 On CPU with a 16-bit head, when dW is needed over several row chunks, and always where the fused bf16 CPU head
 runs (chunk_buffer.fused_head_available), the op runs the plain forward, the token function, then the
-vocabulary-tiled backward instead (4 GEMMs; see _forward_then_tiled_backward): next to the AMX bf16 GEMMs the
-one-pass loop's per-chunk read-modify-write of the fp32 [V, H] dW costs more than the fourth GEMM, and the fused
-head's forward is what linear_logprobs_no_grad runs, so the logprobs stay bitwise equal to it. fp32 heads keep
-the one-pass loop (their dW accumulates inside the fp32 GEMM, beta = 1).
+vocabulary-tiled backward instead (see _forward_then_tiled_backward): next to the AMX bf16 GEMMs the one-pass
+loop's per-chunk read-modify-write of the fp32 [V, H] dW costs more than the fourth GEMM, and the fused head's
+forward is what linear_logprobs_no_grad runs, so the logprobs stay bitwise equal to it. The fused head keeps the
+forward's fp32 logit tiles of the first vocabulary blocks (up to GRO_LOGIT_STORE_MIB, 256 MiB by default) for the
+backward, which reads them instead of recomputing them: the same tiles bit for bit, so the gradients do not depend
+on the budget, and 3 GEMMs for the share of the vocabulary the store holds (all of it at N 4096, V 32000). fp32
+heads keep the one-pass loop (their dW accumulates inside the fp32 GEMM, beta = 1).
 
 The per-token math is a *registered* function (a custom op cannot take a Python callable): see
 `register_token_fn`. Its per-token inputs (advantages, old/reference logprobs, weights) travel as a
@@ -28,10 +31,16 @@ from typing import Optional, Sequence
 import torch
 
 from ..common import compaction
+from ..common.chunking import env_logit_store_elements
 from ..common.chunk_buffer import fused_head_available
 from . import chunked, epilogues
 
 _TOKEN_FNS: dict = {}
+
+# The logit store replaces the recompute of a logit (2H flops) by its write and read (8 bytes): a gain from about
+# H 512 on (measured at N 3539, both bf16 GRPO heads: 0.84x the forward + backward time at H 1024, V 32000 with the
+# default budget; 1.28x, slower, at H 256, V 128256).
+_MIN_STORE_HIDDEN = 512
 
 
 def register_token_fn(name: str, num_extras: int = 0):
@@ -137,17 +146,21 @@ def _forward_then_tiled_backward(fn, num_extras, hidden, weight, bias, targets, 
     Used on CPU for 16-bit heads when dweight is needed over more than one row chunk: there the one-pass loop's per-chunk
     read-modify-write of the fp32 [V, H] dweight costs more than the fourth GEMM (recomputing the logits,
     docs/math.md §6); and wherever the fused bf16 CPU head runs, whose forward is not the one-pass loop's
-    epilogue. The logprobs are the plain forward's, bit for bit (the no-grad path's)."""
-    n = hidden.shape[0]
+    epilogue. The logprobs are the plain forward's, bit for bit (the no-grad path's). With the fused head, the
+    logit store (chunked.new_logit_store) carries logit tiles from the forward to the backward."""
+    store = None
+    if (needs_hidden or needs_weight or needs_bias) and hidden.shape[1] >= _MIN_STORE_HIDDEN:
+        store = chunked.new_logit_store(hidden, weight, bias, chunk_size, env_logit_store_elements())
     logprobs, entropy, lse = chunked.forward(hidden, weight, bias, targets, inv_temperature=inv_temperature,
                                              ignore_index=ignore_index, with_entropy=with_entropy,
-                                             chunk_size=chunk_size)
+                                             chunk_size=chunk_size, logit_store=store)
     loss, g_l, g_h, extras = _call_token_fn(fn, num_extras, logprobs, entropy if with_entropy else None,
                                             list(token_args), list(token_params))
     # Ignored rows get exactly zero gradient whatever the token function returned (the epilogue zeroes them).
     dh, dw, db = chunked.backward(g_l, g_h, hidden, weight, bias, targets, lse, entropy,
                                   inv_temperature=inv_temperature, ignore_index=ignore_index, chunk_size=chunk_size,
-                                  needs_hidden=needs_hidden, needs_weight=needs_weight, needs_bias=needs_bias)
+                                  needs_hidden=needs_hidden, needs_weight=needs_weight, needs_bias=needs_bias,
+                                  logit_store=store)
     return loss.float().reshape(()), logprobs, entropy, extras, dh, dw, db
 
 

@@ -174,3 +174,77 @@ def test_fused_path_is_taken_for_bf16_cpu_heads():
     assert not chunk_buffer.fused_head_available(hidden.half(), weight.half(), None)
     assert not chunk_buffer.fused_head_available(hidden[:, :7], weight[:, :7], None)  # odd H
     assert not chunk_buffer.fused_head_available(hidden, weight.t().contiguous().t(), None)  # strided W rows
+
+
+def _forward_backward(hidden, weight, bias, targets, temperature, entropy, store, vocab_tile=None, chunk_size=4096):
+    lp, ent, lse = chunked.forward(hidden, weight, bias, targets, inv_temperature=1.0 / temperature,
+                                   ignore_index=IGNORE, with_entropy=entropy, chunk_size=chunk_size, logit_store=store)
+    g = torch.Generator().manual_seed(7)
+    g_l = torch.randn(hidden.shape[0], generator=g)
+    g_h = torch.randn(hidden.shape[0], generator=g) if entropy else None
+    grads = chunked.backward(g_l, g_h, hidden, weight, bias, targets, lse, ent, inv_temperature=1.0 / temperature,
+                             ignore_index=IGNORE, chunk_size=chunk_size, needs_hidden=True, needs_weight=True,
+                             needs_bias=bias is not None, vocab_tile=vocab_tile, logit_store=store)
+    return [lp, ent, lse] + [t for t in grads if t is not None]
+
+
+@pytest.mark.parametrize("n,h,v,vocab_tile", [(1, 16, 70, None), (63, 32, 333, None), (130, 64, 1000, 192),
+                                              (200, 66, 3001, 100)])
+@pytest.mark.parametrize("budget", ["all", "part"])
+@pytest.mark.parametrize("entropy", [False, True])
+def test_logit_store_changes_no_bit(n, h, v, vocab_tile, budget, entropy):
+    """The backward's stored tiles are the ones it would recompute, bit for bit: whole or partial store, vocabulary
+    tiles on or off the store's 64-entry blocks (off-block tiles recompute), a short last panel and block."""
+    hidden, weight, bias, targets = _inputs(n, h, v, bias=True, seed=3)
+    plain = _forward_backward(hidden, weight, bias, targets, 0.7, entropy, None, vocab_tile)
+    panels = -(-n // 64)
+    elements = 1 << 30 if budget == "all" else 3 * panels * 64 * 64
+    store = chunked.new_logit_store(hidden, weight, bias, 4096, elements)
+    assert store is not None and store.shape[1:] == (panels, 64, 64)
+    assert store.shape[0] == (-(-v // 64) if budget == "all" else min(3, -(-v // 64)))
+    stored = _forward_backward(hidden, weight, bias, targets, 0.7, entropy, store, vocab_tile)
+    for ours, theirs in zip(stored, plain):
+        assert torch.equal(ours, theirs)
+
+
+def test_logit_store_is_what_the_backward_reads():
+    """A store emptied between forward and backward changes the gradients: the backward reads the stored tiles
+    instead of recomputing them (the test above cannot tell the two apart)."""
+    hidden, weight, _, targets = _inputs(70, 32, 300, seed=4)
+    store = chunked.new_logit_store(hidden, weight, None, 4096, 1 << 30)
+    lp, _, lse = chunked.forward(hidden, weight, None, targets, inv_temperature=1.0, ignore_index=IGNORE,
+                                 with_entropy=False, chunk_size=4096, logit_store=store)
+    assert torch.isfinite(store).all() and store.abs().max() > 0
+    kw = dict(inv_temperature=1.0, ignore_index=IGNORE, chunk_size=4096, needs_hidden=True, needs_weight=True,
+              needs_bias=False)
+    g_l = torch.ones(70)
+    recomputed = chunked.backward(g_l, None, hidden, weight, None, targets, lse, None, **kw)
+    store.zero_()  # every logit 0: p = exp(-lse), not the softmax of the head's logits
+    from_store = chunked.backward(g_l, None, hidden, weight, None, targets, lse, None, logit_store=store, **kw)
+    assert not torch.equal(from_store[0], recomputed[0]) and not torch.equal(from_store[1], recomputed[1])
+
+
+def test_logit_store_refusals():
+    hidden, weight, _, targets = _inputs(70, 32, 300, seed=5)
+    lp, lse = torch.empty(70), torch.empty(70)
+    with pytest.raises(RuntimeError, match="logit_store"):  # 70 tokens are 2 panels, not 1
+        torch.ops.gro_C.head_forward_lowp(hidden, weight, None, targets, 1.0, IGNORE, False, lp, lse, None,
+                                          torch.empty(2, 1, 64, 64))
+    with pytest.raises(RuntimeError, match="logit_store"):  # more blocks than the head's 5
+        torch.ops.gro_C.head_forward_lowp(hidden, weight, None, targets, 1.0, IGNORE, False, lp, lse, None,
+                                          torch.empty(6, 2, 64, 64))
+    with pytest.raises(RuntimeError, match="logit_store"):
+        torch.ops.gro_C.head_forward_lowp(hidden, weight, None, targets, 1.0, IGNORE, False, lp, lse, None,
+                                          torch.empty(2, 2, 64, 64, dtype=torch.bfloat16))
+    store = chunked.new_logit_store(hidden, weight, None, 4096, 1 << 30)
+    with pytest.raises(ValueError, match="logit_store"):  # fp32: no fused head to fill it
+        chunked.forward(hidden.float(), weight.float(), None, targets, inv_temperature=1.0, ignore_index=IGNORE,
+                        with_entropy=False, chunk_size=4096, logit_store=store)
+    with pytest.raises(ValueError, match="single row block"):
+        chunked.backward(torch.ones(70), None, hidden, weight, None, targets, lse, None, inv_temperature=1.0,
+                         ignore_index=IGNORE, chunk_size=1, needs_hidden=True, needs_weight=True, needs_bias=False,
+                         logit_store=store)
+    # No store where it cannot serve: several backward row blocks, no fused head, a budget under one block.
+    assert chunked.new_logit_store(hidden, weight, None, 1, 1 << 30) is None
+    assert chunked.new_logit_store(hidden.float(), weight.float(), None, 4096, 1 << 30) is None
+    assert chunked.new_logit_store(hidden, weight, None, 4096, 2 * 64 * 64 - 1) is None
