@@ -19,8 +19,9 @@ def env_chunk_size() -> Optional[int]:
     return rows
 
 
-# The logit store's default budget: 256 MiB of fp32 logits (docs/math.md §6, "Logit store").
-DEFAULT_LOGIT_STORE_MIB = 256
+# The logit store's default budget: 512 MiB of fp32 logits, all of a V 32000 head's for 4096 tokens (docs/math.md §6,
+# "Logit store"). Transient: freed before the grad-in-forward op returns.
+DEFAULT_LOGIT_STORE_MIB = 512
 
 
 def env_logit_store_elements() -> int:

@@ -46,7 +46,7 @@ def new_logit_store(hidden, weight, bias, chunk_size, budget_elements):
     blocks = min(-(-vocab // STORE_TILE), budget_elements // (panels * STORE_TILE * STORE_TILE))
     if blocks <= 0:
         return None
-    return torch.empty(blocks, panels, STORE_TILE, STORE_TILE, dtype=torch.float32, device=hidden.device)
+    return torch.ops.gro_C.new_logit_store(blocks, panels)  # fresh memory: in huge pages where the kernel allows
 
 
 def forward(hidden, weight, bias, targets, *, inv_temperature, ignore_index, with_entropy, chunk_size,

@@ -16,7 +16,7 @@ runs (chunk_buffer.fused_head_available), the op runs the plain forward, the tok
 vocabulary-tiled backward instead (see _forward_then_tiled_backward): next to the AMX bf16 GEMMs the one-pass
 loop's per-chunk read-modify-write of the fp32 [V, H] dW costs more than the fourth GEMM, and the fused head's
 forward is what linear_logprobs_no_grad runs, so the logprobs stay bitwise equal to it. The fused head keeps the
-forward's fp32 logit tiles of the first vocabulary blocks (up to GRO_LOGIT_STORE_MIB, 256 MiB by default) for the
+forward's fp32 logit tiles of the first vocabulary blocks (up to GRO_LOGIT_STORE_MIB, 512 MiB by default) for the
 backward, which reads them instead of recomputing them: the same tiles bit for bit, so the gradients do not depend
 on the budget, and 3 GEMMs for the share of the vocabulary the store holds (all of it at N 4096, V 32000). fp32
 heads keep the one-pass loop (their dW accumulates inside the fp32 GEMM, beta = 1).
@@ -38,8 +38,8 @@ from . import chunked, epilogues
 _TOKEN_FNS: dict = {}
 
 # The logit store replaces the recompute of a logit (2H flops) by its write and read (8 bytes): a gain from about
-# H 512 on (measured at N 3539, both bf16 GRPO heads: 0.84x the forward + backward time at H 1024, V 32000 with the
-# default budget; 1.28x, slower, at H 256, V 128256).
+# H 512 on (measured at N 3539 with a reused 256 MiB store: 0.84x the forward + backward time at H 1024, V 32000;
+# 1.28x, slower, at H 256, V 128256).
 _MIN_STORE_HIDDEN = 512
 
 
