@@ -17,7 +17,9 @@ then one measured step; extra = peak RSS (VmHWM after /proc/self/clear_refs) abo
 step, minus the gradient outputs (dhidden, dweight) that every method must allocate.
 
     python -m benchmarks.bench_losses [--suites grpo,dpo] [--dtypes fp32,bf16] [--repeats 3] [--quick] [--out ...]
-(run from the repository root; benchmarks.run calls `run` below).
+                                      [--head HxV]
+(run from the repository root; benchmarks.run calls `run` below). --head replaces H and V of every suite, e.g.
+256x128256 (S2) or 896x151936 (the Qwen2.5-0.5B head).
 """
 
 import argparse
@@ -307,10 +309,25 @@ def write_plot(rows, path):
     return path
 
 
-def run(out_dir="bench_results", suites=("grpo", "dpo"), repeats=3, quick=False, dtypes=tuple(common.DTYPES)):
-    """Run the loss suites; write losses.csv, losses.png and losses.json into out_dir; return the rows."""
+def parse_head(text):
+    """'HxV' -> dict(H=..., V=...), both positive ints."""
+    try:
+        h, v = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        h = v = 0
+    if h <= 0 or v <= 0:
+        raise argparse.ArgumentTypeError(f"--head must be HxV with positive ints (e.g. 896x151936), got {text!r}")
+    return dict(H=h, V=v)
+
+
+def run(out_dir="bench_results", suites=("grpo", "dpo"), repeats=3, quick=False, dtypes=tuple(common.DTYPES),
+        head=None):
+    """Run the loss suites; write losses.csv, losses.png and losses.json into out_dir; return the rows.
+    head: None or dict(H=, V=) replacing every suite's head."""
     os.makedirs(out_dir, exist_ok=True)
     shapes = QUICK_SHAPES if quick else SHAPES
+    if head is not None:
+        shapes = {suite: dict(shape, **head) for suite, shape in shapes.items()}
     env = dict(common.environment(), load_avg_start=os.getloadavg())
     rows = []
     # Results are written after each suite, so a late failure keeps the earlier ones.
@@ -331,6 +348,7 @@ def main(argv=None):
     parser.add_argument("--dtypes", type=common.parse_dtypes, default=tuple(common.DTYPES))
     parser.add_argument("--quick", action="store_true", help="small shapes (smoke run)")
     parser.add_argument("--out", default="bench_results")
+    parser.add_argument("--head", type=parse_head, default=None, help="HxV replacing the suites' head")
     parser.add_argument("--memory-probe", nargs=4, metavar=("SUITE", "METHOD", "SHAPE_JSON", "DTYPE"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -338,7 +356,7 @@ def main(argv=None):
         suite, method, shape, dtype = args.memory_probe
         print(json.dumps({"extra_bytes": extra_memory(suite, method, json.loads(shape), dtype)}))
         return
-    rows = run(args.out, tuple(args.suites.split(",")), args.repeats, args.quick, args.dtypes)
+    rows = run(args.out, tuple(args.suites.split(",")), args.repeats, args.quick, args.dtypes, args.head)
     print(format_table(rows))
     print(json.dumps(common.environment()))
 

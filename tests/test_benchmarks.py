@@ -31,3 +31,10 @@ def test_bench_losses_checks(suite, dtype):
     ours = "gro_fused" if suite == "grpo" else "gro"
     got = bench_losses._step(bench_losses.method_table(suite)[ours][1], x)
     assert abs(got - want) <= bench_losses.LOSS_RTOL * max(1.0, abs(want))
+
+
+def test_bench_losses_head_option():
+    assert bench_losses.parse_head("896x151936") == dict(H=896, V=151936)
+    for bad in ("896", "0x10", "ax b"):
+        with pytest.raises(Exception, match="--head"):
+            bench_losses.parse_head(bad)
