@@ -16,6 +16,7 @@ from . import _ext
 from . import _validate as v
 from .ops.exact_kl import function as _kl
 from .ops.linear_logprobs import function as _lp
+from .ops.linear_logprobs import logit_store as _logit_store
 
 
 def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
@@ -347,3 +348,10 @@ def _exact_kl_vocab_parallel(hidden, weight, ref_hidden, ref_weight, bias, ref_b
     kl = _kl_vp.sharded_exact_kl(hidden_f, weight, bias, ref_f, ref_weight, ref_bias, mask_f, shard,
                                  temperature=temperature, chunk_size=chunk_size)
     return kl.reshape(lead_shape)
+
+
+def release_logit_store() -> None:
+    """Frees the logit store the bf16 CPU grad-in-forward loss keeps between calls (up to GRO_LOGIT_STORE_MIB of
+    fp32 logits, reused because fresh memory costs about as much as the store saves; docs/math.md §6). The next
+    such call maps a new one; GRO_LOGIT_STORE_MIB=0 stops using it."""
+    _logit_store.release()

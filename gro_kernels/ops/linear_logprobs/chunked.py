@@ -15,9 +15,7 @@ from ..common.chunking import env_chunk_size
 from ..common.chunk_buffer import ChunkBuffer, fused_head_available, lowp_gemm_available, mm_f32
 from ..common.tiled_grads import TiledGrads, backward_tiles
 from . import epilogues
-
-# Tokens per panel and vocabulary entries per block of the fused CPU head's tiles (logprob_tiles.h kTileTokens).
-STORE_TILE = 64
+from .logit_store import STORE_TILE
 
 # Target logits per chunk buffer: 2^24 fp32 values = 64 MiB. Large enough that the GEMMs of a
 # chunk run near peak, small enough that extra memory stays flat in N.
@@ -32,23 +30,6 @@ def default_chunk_size(n_rows: int, vocab: int) -> int:
     return max(1, min(n_rows, rows))
 
 
-def new_logit_store(hidden, weight, bias, chunk_size, budget_elements):
-    """The fused bf16 CPU head's logit store for a forward followed by backward in the same call (grad-in-forward
-    losses): the fp32 logit tiles of the head's first vocabulary blocks, at most budget_elements values, which the
-    backward reads instead of recomputing (docs/math.md §6, "Logit store"). None where it cannot serve: no fused
-    head, or a backward of several row blocks (the store holds the whole batch's panels)."""
-    n, vocab = hidden.shape[0], weight.shape[0]
-    if n == 0 or not fused_head_available(hidden, weight, bias):
-        return None
-    if backward_tiles(n, vocab, 2 * chunk_size)[0] < n:
-        return None
-    panels = -(-n // STORE_TILE)
-    blocks = min(-(-vocab // STORE_TILE), budget_elements // (panels * STORE_TILE * STORE_TILE))
-    if blocks <= 0:
-        return None
-    return torch.ops.gro_C.new_logit_store(blocks, panels)  # fresh memory: in huge pages where the kernel allows
-
-
 def forward(hidden, weight, bias, targets, *, inv_temperature, ignore_index, with_entropy, chunk_size,
             vocab_shard=False, softcap=0.0, softcap_scale=1.0, stats=None, logit_store=None):
     """Returns (logprobs [N] fp32, entropy [N] fp32 or empty [0], lse [N] fp32).
@@ -56,7 +37,7 @@ def forward(hidden, weight, bias, targets, *, inv_temperature, ignore_index, wit
     vocab_shard: weight/bias are one vocabulary shard (see epilogues.py); the outputs are the shard's.
     softcap > 0: each chunk's logits go through epilogues.softcap_ (with softcap_scale) before the epilogue.
     stats: None or a [3, N] fp32 tensor that receives epilogues.stats_torch of every row.
-    logit_store: from new_logit_store, filled here for backward."""
+    logit_store: from logit_store.py, filled here for backward."""
     n, vocab = hidden.shape[0], weight.shape[0]
     fwd_epilogue, _, _ = epilogues.pick(hidden.device.type)
     f32 = dict(dtype=torch.float32, device=hidden.device)
@@ -69,7 +50,7 @@ def forward(hidden, weight, bias, targets, *, inv_temperature, ignore_index, wit
                                           logprobs, lse, entropy if with_entropy else None, logit_store)
         return logprobs, entropy, lse
     if logit_store is not None:
-        raise ValueError("logit_store is the fused bf16 CPU head's (new_logit_store); this forward does not run it")
+        raise ValueError("logit_store is the fused bf16 CPU head's (logit_store.py); this forward does not run it")
     rows = min(chunk_size, n)
     buffer = ChunkBuffer(rows, vocab, hidden.dtype, hidden.device)
     for start in range(0, n, rows):
@@ -195,7 +176,7 @@ def backward(grad_logprobs, grad_entropy, hidden, weight, bias, targets, lse, en
     vocab_shard: weight/bias are one vocabulary shard and lse/entropy the full vocabulary's; the result
     is this shard's dweight/dbias and its share of dhidden (the caller sums dhidden over shards).
 
-    logit_store: filled by forward on the same operands (new_logit_store); its tiles are read, not recomputed, and
+    logit_store: filled by forward on the same operands (logit_store.py); its tiles are read, not recomputed, and
     consumed (overwritten)."""
     n, vocab = hidden.shape[0], weight.shape[0]
     _, bwd_epilogue, _ = epilogues.pick(hidden.device.type)
@@ -206,7 +187,7 @@ def backward(grad_logprobs, grad_entropy, hidden, weight, bias, targets, lse, en
     if n == 0 or not (needs_hidden or needs_weight or needs_bias):
         return grads.result(n > 0)
     if logit_store is not None and not (fused and rows >= n):
-        raise ValueError("logit_store needs the fused bf16 CPU head and a single row block (new_logit_store)")
+        raise ValueError("logit_store needs the fused bf16 CPU head and a single row block (logit_store.py)")
     if fused:
         _fused_tiles(grads, grad_logprobs, grad_entropy, hidden, weight, bias, targets, lse, entropy, rows, tile,
                      inv_temperature, ignore_index, logit_store)

@@ -26,6 +26,7 @@ The per-token math is a *registered* function (a custom op cannot take a Python 
 list of tensors the op slices per chunk; they are constants and get no gradient.
 """
 
+import contextlib
 from typing import Optional, Sequence
 
 import torch
@@ -33,7 +34,7 @@ import torch
 from ..common import compaction
 from ..common.chunking import env_logit_store_elements
 from ..common.chunk_buffer import fused_head_available
-from . import chunked, epilogues
+from . import chunked, epilogues, logit_store
 
 _TOKEN_FNS: dict = {}
 
@@ -147,20 +148,21 @@ def _forward_then_tiled_backward(fn, num_extras, hidden, weight, bias, targets, 
     read-modify-write of the fp32 [V, H] dweight costs more than the fourth GEMM (recomputing the logits,
     docs/math.md §6); and wherever the fused bf16 CPU head runs, whose forward is not the one-pass loop's
     epilogue. The logprobs are the plain forward's, bit for bit (the no-grad path's). With the fused head, the
-    logit store (chunked.new_logit_store) carries logit tiles from the forward to the backward."""
-    store = None
-    if (needs_hidden or needs_weight or needs_bias) and hidden.shape[1] >= _MIN_STORE_HIDDEN:
-        store = chunked.new_logit_store(hidden, weight, bias, chunk_size, env_logit_store_elements())
-    logprobs, entropy, lse = chunked.forward(hidden, weight, bias, targets, inv_temperature=inv_temperature,
-                                             ignore_index=ignore_index, with_entropy=with_entropy,
-                                             chunk_size=chunk_size, logit_store=store)
-    loss, g_l, g_h, extras = _call_token_fn(fn, num_extras, logprobs, entropy if with_entropy else None,
-                                            list(token_args), list(token_params))
-    # Ignored rows get exactly zero gradient whatever the token function returned (the epilogue zeroes them).
-    dh, dw, db = chunked.backward(g_l, g_h, hidden, weight, bias, targets, lse, entropy,
-                                  inv_temperature=inv_temperature, ignore_index=ignore_index, chunk_size=chunk_size,
-                                  needs_hidden=needs_hidden, needs_weight=needs_weight, needs_bias=needs_bias,
-                                  logit_store=store)
+    logit store (logit_store.py, kept between calls) carries logit tiles from the forward to the backward."""
+    use_store = (needs_hidden or needs_weight or needs_bias) and hidden.shape[1] >= _MIN_STORE_HIDDEN
+    borrowed = logit_store.borrowed(hidden, weight, bias, chunk_size, env_logit_store_elements()) if use_store \
+        else contextlib.nullcontext()
+    with borrowed as store:
+        logprobs, entropy, lse = chunked.forward(hidden, weight, bias, targets, inv_temperature=inv_temperature,
+                                                 ignore_index=ignore_index, with_entropy=with_entropy,
+                                                 chunk_size=chunk_size, logit_store=store)
+        loss, g_l, g_h, extras = _call_token_fn(fn, num_extras, logprobs, entropy if with_entropy else None,
+                                                list(token_args), list(token_params))
+        # Ignored rows get exactly zero gradient whatever the token function returned (the epilogue zeroes them).
+        dh, dw, db = chunked.backward(g_l, g_h, hidden, weight, bias, targets, lse, entropy,
+                                      inv_temperature=inv_temperature, ignore_index=ignore_index,
+                                      chunk_size=chunk_size, needs_hidden=needs_hidden, needs_weight=needs_weight,
+                                      needs_bias=needs_bias, logit_store=store)
     return loss.float().reshape(()), logprobs, entropy, extras, dh, dw, db
 
 

@@ -6,7 +6,7 @@ import torch
 
 import gro_kernels
 from gro_kernels.ops.common import chunk_buffer
-from gro_kernels.ops.linear_logprobs import chunked
+from gro_kernels.ops.linear_logprobs import chunked, logit_store
 
 pytestmark = pytest.mark.skipif(
     not (gro_kernels._ext.native_available("cpu") and torch.ops.gro_C.fused_head_available("bfloat16")),
@@ -199,7 +199,7 @@ def test_logit_store_changes_no_bit(n, h, v, vocab_tile, budget, entropy):
     plain = _forward_backward(hidden, weight, bias, targets, 0.7, entropy, None, vocab_tile)
     panels = -(-n // 64)
     elements = 1 << 30 if budget == "all" else 3 * panels * 64 * 64
-    store = chunked.new_logit_store(hidden, weight, bias, 4096, elements)
+    store = logit_store.new(hidden, weight, bias, 4096, elements)
     assert store is not None and store.shape[1:] == (panels, 64, 64)
     assert store.shape[0] == (-(-v // 64) if budget == "all" else min(3, -(-v // 64)))
     stored = _forward_backward(hidden, weight, bias, targets, 0.7, entropy, store, vocab_tile)
@@ -211,7 +211,7 @@ def test_logit_store_is_what_the_backward_reads():
     """A store emptied between forward and backward changes the gradients: the backward reads the stored tiles
     instead of recomputing them (the test above cannot tell the two apart)."""
     hidden, weight, _, targets = _inputs(70, 32, 300, seed=4)
-    store = chunked.new_logit_store(hidden, weight, None, 4096, 1 << 30)
+    store = logit_store.new(hidden, weight, None, 4096, 1 << 30)
     lp, _, lse = chunked.forward(hidden, weight, None, targets, inv_temperature=1.0, ignore_index=IGNORE,
                                  with_entropy=False, chunk_size=4096, logit_store=store)
     assert torch.isfinite(store).all() and store.abs().max() > 0
@@ -236,7 +236,7 @@ def test_logit_store_refusals():
     with pytest.raises(RuntimeError, match="logit_store"):
         torch.ops.gro_C.head_forward_lowp(hidden, weight, None, targets, 1.0, IGNORE, False, lp, lse, None,
                                           torch.empty(2, 2, 64, 64, dtype=torch.bfloat16))
-    store = chunked.new_logit_store(hidden, weight, None, 4096, 1 << 30)
+    store = logit_store.new(hidden, weight, None, 4096, 1 << 30)
     with pytest.raises(ValueError, match="logit_store"):  # fp32: no fused head to fill it
         chunked.forward(hidden.float(), weight.float(), None, targets, inv_temperature=1.0, ignore_index=IGNORE,
                         with_entropy=False, chunk_size=4096, logit_store=store)
@@ -245,6 +245,35 @@ def test_logit_store_refusals():
                          ignore_index=IGNORE, chunk_size=1, needs_hidden=True, needs_weight=True, needs_bias=False,
                          logit_store=store)
     # No store where it cannot serve: several backward row blocks, no fused head, a budget under one block.
-    assert chunked.new_logit_store(hidden, weight, None, 1, 1 << 30) is None
-    assert chunked.new_logit_store(hidden.float(), weight.float(), None, 4096, 1 << 30) is None
-    assert chunked.new_logit_store(hidden, weight, None, 4096, 2 * 64 * 64 - 1) is None
+    assert logit_store.new(hidden, weight, None, 1, 1 << 30) is None
+    assert logit_store.new(hidden.float(), weight.float(), None, 4096, 1 << 30) is None
+    assert logit_store.new(hidden, weight, None, 4096, 2 * 64 * 64 - 1) is None
+
+
+def test_logit_store_is_kept_and_reused():
+    """borrowed() hands out one kept buffer: the same memory on the next call, a buffer of its own to a call made
+    while another holds it, a larger one when the shape grows; dropped when the budget falls below it and by
+    gro_kernels.release_logit_store()."""
+    hidden, weight, _, _ = _inputs(130, 32, 300, seed=6)
+    gro_kernels.release_logit_store()
+    with logit_store.borrowed(hidden, weight, None, 4096, 1 << 30) as first:
+        assert first.shape == (5, 3, 64, 64)
+        with logit_store.borrowed(hidden, weight, None, 4096, 1 << 30) as inner:
+            assert inner.data_ptr() != first.data_ptr()
+        inner_ptr = inner.data_ptr()
+    kept = logit_store._cached[0].data_ptr()
+    assert kept in (first.data_ptr(), inner_ptr)  # one of the two, the other freed
+    with logit_store.borrowed(hidden[:60], weight, None, 4096, 1 << 30) as smaller:
+        assert smaller.shape == (5, 1, 64, 64) and smaller.data_ptr() == kept
+    with logit_store.borrowed(hidden, weight, None, 4096, 1 << 30) as again:
+        assert again.data_ptr() == kept
+    with logit_store.borrowed(hidden, weight, None, 4096, 2 * 3 * 64 * 64) as partial:  # budget below the buffer
+        assert partial.shape == (2, 3, 64, 64) and partial.data_ptr() != kept
+    with logit_store.borrowed(hidden[:5], weight, None, 4096, 0) as none:  # GRO_LOGIT_STORE_MIB=0 drops it too
+        assert none is None
+    assert not logit_store._cached
+    with logit_store.borrowed(hidden, weight, None, 4096, 1 << 30):
+        pass
+    assert logit_store._cached
+    gro_kernels.release_logit_store()
+    assert not logit_store._cached

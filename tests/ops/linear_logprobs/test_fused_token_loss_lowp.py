@@ -61,28 +61,29 @@ def test_logit_store_budget_changes_no_bit(monkeypatch, with_entropy):
     the loss, logprobs and gradients are the same bits with no store, a partial one and the default one; a bad
     GRO_LOGIT_STORE_MIB is refused before any work."""
     from gro_kernels.ops.common.chunk_buffer import fused_head_available
-    from gro_kernels.ops.linear_logprobs import chunked
+    from gro_kernels.ops.linear_logprobs import logit_store
     hidden, weight, bias, targets, args = make_case(n=150, hidden_size=512, vocab=3000, bias=True, n_ignored=11)
     hidden, weight, bias = (t.to(torch.bfloat16) for t in (hidden, weight, bias))
     if not fused_head_available(hidden, weight, bias):
         pytest.skip("no fused bf16 CPU head here")
-    stores = []
-    make = chunked.new_logit_store
-    monkeypatch.setattr(chunked, "new_logit_store", lambda *a: stores.append(make(*a)) or stores[-1])
+    shapes = []
+    shape_of = logit_store.store_shape
+    monkeypatch.setattr(logit_store, "store_shape", lambda *a: shapes.append(shape_of(*a)) or shapes[-1])
     kw = dict(temperature=0.8, with_entropy=with_entropy, c_entropy=0.05, grad_output=0.37)
-    runs = {}
-    for mib in ("0", "1", None):
+    runs = []
+    # The last run reuses the kept store, which then holds the previous run's logits.
+    for mib in ("0", "1", None, None):
         if mib is None:
             monkeypatch.delenv("GRO_LOGIT_STORE_MIB", raising=False)
         else:
             monkeypatch.setenv("GRO_LOGIT_STORE_MIB", mib)
-        runs[mib] = run_fused(hidden, weight, bias, targets, args, **kw)
-    blocks = [None if s is None else s.shape[0] for s in stores]
+        runs.append(run_fused(hidden, weight, bias, targets, args, **kw))
+    blocks = [None if s is None else s[0] for s in shapes]
     # 139 live rows are 3 panels of 64: 1 MiB (2^18 logits) holds 21 of the 47 vocabulary blocks, the default all
-    assert blocks == [None, 21, 47], blocks
-    for mib in ("1", None):
-        for ours, theirs in zip(runs[mib], runs["0"]):
-            assert torch.equal(ours, theirs), mib
+    assert blocks == [None, 21, 47, 47], blocks
+    for run in runs[1:]:
+        for ours, theirs in zip(run, runs[0]):
+            assert torch.equal(ours, theirs)
     for bad in ("-1", "lots"):
         monkeypatch.setenv("GRO_LOGIT_STORE_MIB", bad)
         with pytest.raises(ValueError, match="GRO_LOGIT_STORE_MIB"):
