@@ -20,7 +20,7 @@ def env_chunk_size() -> Optional[int]:
 
 
 # The logit store's default budget: 512 MiB of fp32 logits, all of a V 32000 head's for 4096 tokens (docs/math.md §6,
-# "Logit store"). Transient: freed before the grad-in-forward op returns.
+# "Logit store"). Kept between calls (ops/linear_logprobs/logit_store.py).
 DEFAULT_LOGIT_STORE_MIB = 512
 
 
