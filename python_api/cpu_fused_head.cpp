@@ -198,9 +198,9 @@ void head_forward(const at::Tensor& hidden, const at::Tensor& weight, const bf16
 }
 
 // A new fp32 logit store [blocks, panels, 64, 64] in transparent huge pages where the kernel gives them (Linux,
-// THP "madvise" or "always"): the store is fresh memory of up to hundreds of MiB per call, and first-touching it
-// in 4 KiB pages cost 75 ms per 256 MiB here against 35 ms in 2 MiB pages (21 ms to rewrite memory already
-// touched), most of what the store saves. Elsewhere, or if the mapping fails, a plain tensor.
+// THP "madvise" or "always"): up to hundreds of MiB of fresh memory, whose first touch costs about what the store
+// saves (256 MiB here: 67 ms in 4 KiB pages, usually ~30 ms in 2 MiB pages; the Python side keeps the store and
+// maps a new one only when a call needs more). Elsewhere, or if the mapping fails, a plain tensor.
 at::Tensor new_logit_store(int64_t blocks, int64_t panels) {
   TORCH_CHECK(blocks >= 0 && panels >= 0, "gro_C: new_logit_store needs blocks, panels >= 0, got ", blocks, ", ",
               panels);
