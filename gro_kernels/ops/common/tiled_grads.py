@@ -17,8 +17,12 @@ _MIN_VOCAB_TILE = 1024
 _TILE_ALIGN = 64  # vocabulary tiles in whole GEMM blocks (python_api/cpu_gemm.cpp)
 
 
-def backward_tiles(n_rows: int, vocab: int, chunk_size: int, vocab_tile=None):
-    """(rows per row block, vocabulary entries per tile) of the backward; vocab_tile overrides the tile."""
+def backward_tiles(n_rows: int, vocab: int, chunk_size: int, vocab_tile=None, bf16_operand=False):
+    """(rows per row block, vocabulary entries per tile) of the backward; vocab_tile overrides the tile.
+    bf16_operand: the tile buffer holds bf16 dLoss/dz (the fused CPU head), not fp32 logits: twice the entries in
+    the same bytes, as twice the rows per chunk."""
+    if bf16_operand:
+        chunk_size *= 2
     budget = max(1, chunk_size) * vocab
     if n_rows <= budget // (_MIN_VOCAB_TILE // 2):
         # One row block with tiles down to half the minimum: a second row block would re-read and re-write the

@@ -181,8 +181,7 @@ def backward(grad_logprobs, grad_entropy, hidden, weight, bias, targets, lse, en
     n, vocab = hidden.shape[0], weight.shape[0]
     _, bwd_epilogue, _ = epilogues.pick(hidden.device.type)
     fused = not softcap and fused_head_available(hidden, weight, bias)
-    # The fused head's tile buffer holds bf16 dLoss/dz, not fp32 logits: twice the entries in the same bytes.
-    rows, tile = backward_tiles(n, vocab, 2 * chunk_size if fused else chunk_size, vocab_tile)
+    rows, tile = backward_tiles(n, vocab, chunk_size, vocab_tile, bf16_operand=fused)
     grads = TiledGrads(hidden, weight, rows, tile, rows >= n, needs_hidden, needs_weight, needs_bias)
     if n == 0 or not (needs_hidden or needs_weight or needs_bias):
         return grads.result(n > 0)

@@ -31,7 +31,7 @@ def store_shape(hidden, weight, bias, chunk_size, budget_elements):
     n, vocab = hidden.shape[0], weight.shape[0]
     if n == 0 or not fused_head_available(hidden, weight, bias):
         return None
-    if backward_tiles(n, vocab, 2 * chunk_size)[0] < n:
+    if backward_tiles(n, vocab, chunk_size, bf16_operand=True)[0] < n:  # the fused backward's row blocks
         return None
     panels = -(-n // STORE_TILE)
     blocks = min(-(-vocab // STORE_TILE), budget_elements // (panels * STORE_TILE * STORE_TILE))
